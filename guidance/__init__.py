@@ -1,0 +1,1 @@
+"""The pack's guidance maths: plain torch, no ComfyUI import, one module per paper."""

@@ -1,0 +1,116 @@
+"""The guidance stack: one ordered list of guidance terms applied by one hook.
+
+Every method of the pack is a term that edits a GuidanceState; the hook runs the terms in phase
+order (whatever order the nodes were applied in) and combines the result as classifier-free
+guidance in ComfyUI's x0 space (shared/reference/conventions.md: affine combinations with weights
+summing to 1 are identical in eps and x0 space):
+
+    guided = uncond + (cond - uncond) * scale + correction
+
+Phases: SCALE sets the scalar s (CFG schedules), DIRECTION chooses what is guided towards and away
+from (DNS), RATE multiplies s per pixel (S-CFG), CORRECTION adds an x0 term (loss guidance).
+
+The stack composes additively with whatever else changed the CFG result: it adds its own deviation
+from plain CFG at the sampler's scale, `out = guided + (denoised_in - plain)`. With nothing else on
+the model `denoised_in == plain` bit for bit, so `out == guided`; a stack that changes nothing
+returns `denoised_in` unchanged.
+"""
+
+from dataclasses import dataclass, field, replace
+from typing import Callable, Union
+
+import torch
+
+Scale = Union[float, torch.Tensor]
+
+PHASE_SCALE = 0
+PHASE_DIRECTION = 1
+PHASE_RATE = 2
+PHASE_CORRECTION = 3
+
+
+@dataclass(frozen=True)
+class GuidanceState:
+    """One denoiser evaluation, as the terms see and edit it.
+
+    cond / uncond: x0 predictions guided towards / away from, (B, C, H, W).
+    x: the sampler's input; sigma: (B,) noise levels; base_scale: the sampler's cfg s0.
+    progress: tau in [0, 1] per batch entry, (B,), keyed by source (guidance.progress.SOURCES).
+    scale: s as a float, (B,) or (B, 1, H, W); correction: additive x0 term (0 or like cond).
+    """
+
+    cond: torch.Tensor
+    uncond: torch.Tensor
+    x: torch.Tensor
+    sigma: torch.Tensor
+    base_scale: float
+    progress: dict
+    scale: Scale
+    correction: Union[float, torch.Tensor] = 0.0
+
+    def edit(self, **changes) -> "GuidanceState":
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class GuidanceTerm:
+    """A named edit of the state; `needs_uncond` says the term uses the unconditional pass."""
+
+    name: str
+    phase: int
+    apply: Callable[[GuidanceState], GuidanceState]
+    description: str = ""
+    needs_uncond: bool = True
+
+
+@dataclass(frozen=True)
+class GuidanceStack:
+    """An immutable set of terms, at most one per name, run in phase order."""
+
+    terms: tuple = field(default_factory=tuple)
+
+    def names(self) -> list:
+        return [term.name for term in self.terms]
+
+    def has(self, name: str) -> bool:
+        return name in self.names()
+
+    def get(self, name: str) -> GuidanceTerm:
+        for term in self.terms:
+            if term.name == name:
+                return term
+        raise KeyError(name)
+
+    def with_term(self, term: GuidanceTerm) -> "GuidanceStack":
+        """A new stack with `term` added, replacing a term of the same name."""
+        kept = tuple(t for t in self.terms if t.name != term.name)
+        return GuidanceStack(kept + (term,))
+
+    def ordered(self) -> list:
+        return sorted(self.terms, key=lambda term: term.phase)
+
+    def run(self, state: GuidanceState, up_to_phase: int = PHASE_CORRECTION) -> GuidanceState:
+        for term in self.ordered():
+            if term.phase <= up_to_phase:
+                state = term.apply(state)
+        return state
+
+
+def broadcast_scale(scale: Scale, like: torch.Tensor) -> Scale:
+    """A (B,) scale as (B, 1, ..., 1) so it multiplies a (B, C, ...) tensor per batch entry."""
+    if isinstance(scale, torch.Tensor) and scale.ndim == 1:
+        return scale.view(-1, *([1] * (like.ndim - 1)))
+    return scale
+
+
+def cfg_x0(cond: torch.Tensor, uncond: torch.Tensor, scale: Scale) -> torch.Tensor:
+    """CFG in x0 space, in ComfyUI's own operation order: uncond + (cond - uncond) * s."""
+    return uncond + (cond - uncond) * broadcast_scale(scale, cond)
+
+
+def apply_stack(stack: GuidanceStack, denoised: torch.Tensor, state: GuidanceState) -> torch.Tensor:
+    """Run the stack on one evaluation and compose with the incoming CFG result (see module doc)."""
+    plain = cfg_x0(state.cond, state.uncond, state.base_scale)
+    out = stack.run(state)
+    guided = cfg_x0(out.cond, out.uncond, out.scale) + out.correction
+    return guided + (denoised - plain)

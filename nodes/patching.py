@@ -1,0 +1,123 @@
+"""The pack's one patch on a MODEL: a guidance stack in model_options, run by one post-CFG hook.
+
+Every node of the pack calls `add_guidance_term` on a clone of its input MODEL. The first one
+registers `guidance_hook` in `sampler_post_cfg_function` (a list, so other packs' post-CFG
+functions keep running and nobody clobbers anybody) and a per-run OUTER_SAMPLE wrapper; later
+ones only add their term to the stack stored under `model_options["dnp_guidance"]`.
+"""
+
+import logging
+from dataclasses import dataclass
+
+import comfy.patcher_extension
+import torch
+
+from ..guidance.progress import SIGMA_POSITION, TIMESTEP, progress_from_sigma_position, progress_from_timestep
+from ..guidance.stack import GuidanceStack, GuidanceState, GuidanceTerm, apply_stack
+
+log = logging.getLogger("dnp_guidance")
+
+STACK_KEY = "dnp_guidance"
+RUN_KEY = "dnp_guidance_run"
+WRAPPER_KEY = "dnp_guidance"
+
+
+@dataclass
+class RunState:
+    """Per-sampling-run bookkeeping, created by the OUTER_SAMPLE wrapper and dropped after it."""
+
+    hook_calls: int = 0
+
+
+def guidance_stack(model) -> GuidanceStack:
+    """The stack on a MODEL (empty when none of our nodes patched it)."""
+    return model.model_options.get(STACK_KEY, GuidanceStack())
+
+
+def add_guidance_term(model, term: GuidanceTerm):
+    """A clone of `model` whose guidance stack also holds `term` (replacing one of the same name)."""
+    patched = model.clone()
+    stack = guidance_stack(patched)
+    if stack.has(term.name):
+        log.warning(
+            "DNP Guidance: this MODEL already has a %s term (%s); the new one (%s) replaces it.",
+            term.name,
+            stack.get(term.name).description,
+            term.description,
+        )
+    patched.model_options[STACK_KEY] = stack.with_term(term)
+    if guidance_hook not in patched.model_options.get("sampler_post_cfg_function", []):
+        _register_hook(patched)
+    return patched
+
+
+def _register_hook(patched) -> None:
+    foreign_cfg = patched.model_options.get("sampler_cfg_function")
+    if foreign_cfg is not None:
+        log.info(
+            "DNP Guidance: the MODEL already has a cfg function (%s); DNP Guidance adds its own change "
+            "on top of that function's result (additive composition).",
+            getattr(foreign_cfg, "__qualname__", repr(foreign_cfg)),
+        )
+    # The stack needs the unconditional prediction even where the sampler's cfg is 1 (a schedule
+    # can move s away from 1), so ComfyUI's cfg = 1 shortcut is switched off for this MODEL.
+    patched.set_model_sampler_post_cfg_function(guidance_hook, disable_cfg1_optimization=True)
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, run_wrapper)
+
+
+def run_wrapper(executor, *args, **kwargs):
+    """Wraps exactly one sampling run: fresh per-run state, and a warning if the stack never ran."""
+    options = executor.class_obj.model_options
+    run = RunState()
+    options[RUN_KEY] = run
+    try:
+        result = executor(*args, **kwargs)
+    finally:
+        options.pop(RUN_KEY, None)
+    stack = options.get(STACK_KEY)
+    if stack is not None and stack.terms and run.hook_calls == 0:
+        log.warning(
+            "DNP Guidance: %s was on this MODEL but never ran in this sampling run. A node applied after "
+            "the DNP Guidance nodes removed ComfyUI's post-CFG hooks, or the guider does not call them. "
+            "Apply the DNP Guidance nodes last, or use KSampler / CFGGuider.",
+            ", ".join(term.description for term in stack.terms),
+        )
+    return result
+
+
+def progress_by_source(sigma: torch.Tensor, model_options: dict, model_sampling) -> dict:
+    """tau for every progress source at `sigma` (see guidance.progress).
+
+    Without the sampler's sigma list (a caller outside CFGGuider), sigma position falls back to the
+    timestep source.
+    """
+    timestep = model_sampling.timestep(sigma)
+    timestep_max = model_sampling.timestep(model_sampling.sigma_max.to(sigma))
+    by_timestep = progress_from_timestep(timestep.to(sigma), timestep_max.to(sigma))
+    sample_sigmas = model_options.get("transformer_options", {}).get("sample_sigmas")
+    if sample_sigmas is None:
+        return {SIGMA_POSITION: by_timestep, TIMESTEP: by_timestep}
+    return {SIGMA_POSITION: progress_from_sigma_position(sigma, sample_sigmas), TIMESTEP: by_timestep}
+
+
+def guidance_hook(args: dict) -> torch.Tensor:
+    """ComfyUI post-CFG function: run the MODEL's guidance stack on this evaluation."""
+    options = args["model_options"]
+    denoised = args["denoised"]
+    stack = options.get(STACK_KEY)
+    if stack is None or not stack.terms:
+        return denoised
+    run = options.get(RUN_KEY)
+    if run is not None:
+        run.hook_calls += 1
+    sigma = args["sigma"]
+    state = GuidanceState(
+        cond=args["cond_denoised"],
+        uncond=args["uncond_denoised"],
+        x=args["input"],
+        sigma=sigma,
+        base_scale=float(args["cond_scale"]),
+        progress=progress_by_source(sigma, options, args["model"].model_sampling),
+        scale=float(args["cond_scale"]),
+    )
+    return apply_stack(stack, denoised, state)

@@ -1,0 +1,82 @@
+"""Sampling helpers for the in-process tests (real ComfyUI calls, tiny latents)."""
+
+import torch
+
+SIZE = 16  # latent side: 128 px images
+S0 = 7.0
+STEPS = 4
+
+
+def latent():
+    return {"samples": torch.zeros(1, 4, SIZE, SIZE)}
+
+
+def ksample(comfy, tiny, model, cfg=S0, steps=STEPS, sampler="euler", scheduler="normal", seed=1):
+    return comfy.nodes.common_ksampler(
+        model, seed, steps, cfg, sampler, scheduler, tiny.positive, tiny.negative, latent()
+    )[0]["samples"]
+
+
+def ksample_advanced(comfy, tiny, model, steps, start, end, cfg=S0, seed=1):
+    return comfy.nodes.KSamplerAdvanced().sample(
+        model,
+        "enable",
+        seed,
+        steps,
+        cfg,
+        "euler",
+        "normal",
+        tiny.positive,
+        tiny.negative,
+        latent(),
+        start,
+        end,
+        "disable",
+    )[0]["samples"]
+
+
+def custom_sample(tiny, model, cfg=S0, steps=STEPS, seed=1):
+    """SamplerCustomAdvanced with CFGGuider, RandomNoise, KSamplerSelect and BasicScheduler (core nodes)."""
+    from comfy_extras import nodes_custom_sampler as custom
+
+    guider = custom.CFGGuider.execute(model, tiny.positive, tiny.negative, cfg).result[0]
+    noise = custom.RandomNoise.execute(seed).result[0]
+    sampler = custom.KSamplerSelect.execute("euler").result[0]
+    sigmas = custom.BasicScheduler.execute(model, "normal", steps, 1.0).result[0]
+    return custom.SamplerCustomAdvanced.execute(noise, guider, sampler, sigmas, latent()).result[0]["samples"]
+
+
+def sampler_sigmas(model, scheduler, steps):
+    import comfy.samplers
+
+    return comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps)
+
+
+def step_index(sigma: float, sigmas: torch.Tensor) -> int:
+    return int(torch.argmin((sigmas - sigma).abs()).item())
+
+
+def recording(model, records: list, offset: float = 0.0):
+    """A clone whose last post-CFG function records (sigma, effective scale) of the result it sees.
+
+    The effective scale is the least-squares s in result - offset = uncond + s (cond - uncond).
+    """
+    recorder = model.clone()
+
+    def record(args):
+        cond, uncond, denoised = args["cond_denoised"], args["uncond_denoised"], args["denoised"]
+        delta = cond - uncond
+        scale = ((denoised - offset - uncond) * delta).sum() / (delta * delta).sum()
+        records.append((args["sigma"][0].item(), scale.item()))
+        return denoised
+
+    recorder.set_model_sampler_post_cfg_function(record)
+    return recorder
+
+
+def offset_term(pack, value: float):
+    """A guidance-stack term that adds a constant in x0 space (stands in for a second pack node)."""
+    stack = pack.guidance.stack
+    return stack.GuidanceTerm(
+        "test_offset", stack.PHASE_CORRECTION, lambda state: state.edit(correction=state.correction + value), "offset"
+    )
