@@ -70,7 +70,7 @@ def cfg_schedule(object_info: dict) -> dict:
         scheduler="normal",
         denoise=1.0,
     )
-    decoded = graph.add("VAEDecode", (1520, 60), samples=sampler.out(0), vae=checkpoint.out("VAE"))
+    decoded = graph.add("VAEDecode", (1520, 60), size=(220, 100), samples=sampler.out(0), vae=checkpoint.out("VAE"))
     graph.add("SaveImage", (1760, 60), size=(400, 440), images=decoded.out(0), filename_prefix="dnpg_cfg_schedule")
     plot = graph.add(
         "DNPG_CFGSchedulePlot",

@@ -37,6 +37,12 @@ class ComfyClient:
         with urllib.request.urlopen(self.base_url + path, timeout=timeout) as response:
             return response.read()
 
+    def post_json(self, path: str, body) -> None:
+        request = urllib.request.Request(
+            self.base_url + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
+        urllib.request.urlopen(request, timeout=30).read()
+
     def queue(self, prompt: dict) -> str:
         """POST /prompt; returns the prompt id, or raises ComfyError with the server's node_errors
         (also when ComfyUI accepted the prompt but dropped outputs whose inputs failed validation)."""

@@ -80,6 +80,17 @@ build_tiny_checkpoint() {
   fi
 }
 
+ensure_chromium() {
+  # The browser tests drive Debian's Chromium with Playwright (never a downloaded browser).
+  if [[ -x /usr/bin/chromium ]]; then return; fi
+  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+    log "installing Debian's chromium for the browser tests"
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >&2
+  else
+    log "no /usr/bin/chromium: install Debian's chromium package to run the browser tests"
+  fi
+}
+
 write_env_file() {
   cat >"$DNPG_HOME/env.sh" <<ENV
 export DNPG_HOME="$DNPG_HOME"
@@ -104,6 +115,7 @@ main() {
   link_pack
   write_model_paths
   build_tiny_checkpoint
+  ensure_chromium
   write_env_file
 }
 

@@ -1,0 +1,97 @@
+"""Every shipped workflow in the real ComfyUI frontend (headless Debian Chromium via Playwright):
+it loads with no missing node types and no console errors, queues, and produces its images."""
+
+import glob
+import json
+import os
+import time
+
+import pytest
+from conftest import ARTIFACTS, PACK_DIR, TINY_CHECKPOINT
+
+pytestmark = pytest.mark.server
+
+CHROMIUM = "/usr/bin/chromium"
+WORKFLOW_FILES = sorted(glob.glob(os.path.join(PACK_DIR, "workflows", "*.json")))
+QUICK_WIDGETS = {"ckpt_name": TINY_CHECKPOINT, "width": 128, "height": 128, "steps": 3}
+# Console noise of the frontend itself on an offline machine without the template gallery package.
+BENIGN_CONSOLE = ("Failed to load resource", "Error loading core workflow templates", "Error fetching file size")
+FRONTEND_SETTINGS = {
+    "Comfy.TutorialCompleted": True,  # no template browser on first start
+    "Comfy.Workflow.ShowMissingModelsWarning": False,  # the tiny checkpoint replaces the workflow's
+    "Comfy.Workflow.ShowMissingNodesWarning": True,
+    "Comfy.Minimap.Visible": False,
+    "LiteGraph.Canvas.MinFontSizeForLOD": 1,  # readable text in the screenshots at fit-view zoom
+}
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (scripts/provision.sh does as root)")
+    from playwright.sync_api import sync_playwright
+
+    for key, value in FRONTEND_SETTINGS.items():
+        server.post_json(f"/settings/{key}", value)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+        )
+        tab = browser.new_page(viewport={"width": 2000, "height": 1000})
+        tab.console_messages = []
+        tab.on("console", lambda message: tab.console_messages.append((message.type, message.text)))
+        tab.on("pageerror", lambda error: tab.console_messages.append(("error", str(error))))
+        tab.goto(server.base_url)
+        tab.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=120_000)
+        try:
+            yield tab
+        finally:
+            browser.close()
+
+
+def errors_of(tab) -> list:
+    return [text for kind, text in tab.console_messages if kind == "error" and not text.startswith(BENIGN_CONSOLE)]
+
+
+def finished_prompts(server) -> set:
+    return {pid for pid, entry in server.get("/history").items() if entry.get("status", {}).get("completed")}
+
+
+def wait_for_new_prompt(server, before: set, timeout: float = 300.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        new = finished_prompts(server) - before
+        if new:
+            return server.get("/history")[new.pop()]
+        time.sleep(0.5)
+    raise TimeoutError("the prompt queued from the frontend did not finish")
+
+
+@pytest.mark.parametrize("path", WORKFLOW_FILES, ids=os.path.basename)
+def test_workflow_loads_queues_and_renders_in_the_frontend(page, server, path):
+    with open(path) as handle:
+        workflow = json.load(handle)
+    page.console_messages.clear()
+    page.evaluate("workflow => window.app.loadGraphData(workflow)", workflow)
+    page.wait_for_timeout(1500)
+    missing = page.evaluate(
+        "window.app.graph.nodes.filter(n => !window.LiteGraph.registered_node_types[n.type]).map(n => n.type)"
+    )
+    assert missing == []
+    assert page.get_by_text("Missing Node Types").count() == 0
+    page.evaluate(
+        """quick => window.app.graph.nodes.forEach(node => (node.widgets || []).forEach(widget => {
+            if (widget.name in quick) widget.value = quick[widget.name];
+        }))""",
+        QUICK_WIDGETS,
+    )
+    before = finished_prompts(server)
+    page.evaluate("window.app.queuePrompt(0, 1)")
+    entry = wait_for_new_prompt(server, before)
+    page.evaluate("window.app.extensionManager.command.execute('Comfy.Canvas.FitView')")
+    page.wait_for_timeout(1000)
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    page.screenshot(path=os.path.join(ARTIFACTS, f"browser-{os.path.basename(path)[:-5]}.png"))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert server.output_images(entry), "the frontend's prompt produced no image"
+    assert errors_of(page) == []
