@@ -7,7 +7,8 @@ summing to 1 are identical in eps and x0 space):
 
     guided = uncond + (cond - uncond) * scale + correction
 
-Phases: SCALE sets the scalar s (CFG schedules), DIRECTION chooses what is guided towards and away
+Phases: BASE replaces the static scale s0 (DNS's own scale), SCALE sets the scalar s (CFG
+schedules, from s0), DIRECTION chooses what is guided towards and away
 from (DNS), RATE multiplies s per pixel (S-CFG), CORRECTION adds an x0 term (loss guidance).
 
 The stack composes additively with whatever else changed the CFG result: it adds its own deviation
@@ -23,6 +24,7 @@ import torch
 
 Scale = Union[float, torch.Tensor]
 
+PHASE_BASE = -1
 PHASE_SCALE = 0
 PHASE_DIRECTION = 1
 PHASE_RATE = 2
@@ -54,13 +56,18 @@ class GuidanceState:
 
 @dataclass(frozen=True)
 class GuidanceTerm:
-    """A named edit of the state; `needs_uncond` says the term uses the unconditional pass."""
+    """A named edit of the state.
+
+    `requires` names run-level preconditions the ComfyUI glue checks once before sampling:
+    "uncond_pass" (a sampler cfg of 1 would make the term meaningless) and "distinct_prompts"
+    (the positive and negative conditioning must differ).
+    """
 
     name: str
     phase: int
     apply: Callable[[GuidanceState], GuidanceState]
     description: str = ""
-    needs_uncond: bool = True
+    requires: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,14 @@ class GuidanceStack:
 
     def ordered(self) -> list:
         return sorted(self.terms, key=lambda term: term.phase)
+
+    def requirements(self) -> dict:
+        """requirement -> descriptions of the terms that have it."""
+        needed = {}
+        for term in self.terms:
+            for requirement in term.requires:
+                needed.setdefault(requirement, []).append(term.description)
+        return needed
 
     def run(self, state: GuidanceState, up_to_phase: int = PHASE_CORRECTION) -> GuidanceState:
         for term in self.ordered():

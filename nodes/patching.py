@@ -7,6 +7,7 @@ ones only add their term to the stack stored under `model_options["dnp_guidance"
 """
 
 import logging
+import math
 from dataclasses import dataclass
 
 import comfy.patcher_extension
@@ -65,24 +66,77 @@ def _register_hook(patched) -> None:
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, run_wrapper)
 
 
-def run_wrapper(executor, *args, **kwargs):
-    """Wraps exactly one sampling run: fresh per-run state, and a warning if the stack never ran."""
-    options = executor.class_obj.model_options
+def run_wrapper(executor, noise, latent_image, *args, **kwargs):
+    """Wraps exactly one sampling run: checks, fresh per-run state, and a warning if the stack never ran."""
+    guider = executor.class_obj
+    options = guider.model_options
+    stack = options.get(STACK_KEY)
+    if stack is not None and stack.terms:
+        check_run(stack, guider, latent_image)
     run = RunState()
     options[RUN_KEY] = run
     try:
-        result = executor(*args, **kwargs)
+        result = executor(noise, latent_image, *args, **kwargs)
     finally:
         options.pop(RUN_KEY, None)
-    stack = options.get(STACK_KEY)
-    if stack is not None and stack.terms and run.hook_calls == 0:
+    if stack is not None and stack.terms:
+        check_result(stack, run, result)
+    return result
+
+
+def _describe(stack: GuidanceStack) -> str:
+    return ", ".join(term.description for term in stack.terms)
+
+
+def check_run(stack: GuidanceStack, guider, latent_image: torch.Tensor) -> None:
+    """Once per run, before sampling: the preconditions the stack's terms declare, and the input."""
+    needed = stack.requirements()
+    if "uncond_pass" in needed and math.isclose(float(guider.cfg), 1.0):
+        raise ValueError(
+            f"DNP Guidance: {', '.join(needed['uncond_pass'])} works on the difference between the positive "
+            "and negative predictions, which plain CFG skips at cfg = 1. Set the sampler's cfg above 1 "
+            "(for example 7)."
+        )
+    if "distinct_prompts" in needed:
+        _check_distinct_prompts(guider, needed["distinct_prompts"])
+    if torch.isnan(latent_image).any():
+        raise ValueError("DNP Guidance: the input latent contains NaN values. Check the node that made it.")
+
+
+def _cross_attn(guider, key: str):
+    conds = getattr(guider, "original_conds", {}).get(key) or []
+    return [cond.get("cross_attn") for cond in conds if cond.get("cross_attn") is not None]
+
+
+def _check_distinct_prompts(guider, descriptions: list) -> None:
+    positive, negative = _cross_attn(guider, "positive"), _cross_attn(guider, "negative")
+    what = ", ".join(descriptions)
+    if not negative:
+        raise ValueError(f"DNP Guidance: {what} needs a negative conditioning (the empty prompt). Connect one.")
+    same = len(positive) == len(negative) and all(
+        p.shape == n.shape and torch.equal(p, n) for p, n in zip(positive, negative)
+    )
+    if same:
+        raise ValueError(
+            f"DNP Guidance: {what} needs a prompt p in positive that differs from the negative (empty) prompt, "
+            "but both encode to the same conditioning. Type the prompt p into the positive text box."
+        )
+
+
+def check_result(stack: GuidanceStack, run: RunState, result: torch.Tensor) -> None:
+    """Once per run, after sampling: the stack ran, and produced finite values."""
+    if run.hook_calls == 0:
         log.warning(
             "DNP Guidance: %s was on this MODEL but never ran in this sampling run. A node applied after "
             "the DNP Guidance nodes removed ComfyUI's post-CFG hooks, or the guider does not call them. "
             "Apply the DNP Guidance nodes last, or use KSampler / CFGGuider.",
-            ", ".join(term.description for term in stack.terms),
+            _describe(stack),
         )
-    return result
+    if not torch.isfinite(result).all():
+        raise ValueError(
+            f"DNP Guidance: sampling with {_describe(stack)} produced NaN or infinite values. "
+            "Lower the guidance scale (cfg, DNS scale, or the schedule's peak)."
+        )
 
 
 def progress_by_source(sigma: torch.Tensor, model_options: dict, model_sampling) -> dict:

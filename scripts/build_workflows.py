@@ -97,7 +97,194 @@ def cfg_schedule(object_info: dict) -> dict:
     return graph.to_json()
 
 
-WORKFLOWS = {"cfg_schedule.json": cfg_schedule}
+FOX = "a photo of a red fox in a snowy forest, detailed fur, soft light"
+CAPTIONER = "Salesforce/blip-image-captioning-base"
+
+
+def dns_branch(graph: Graph, checkpoint, pos, empty, latent, y: int = 60):
+    """DNS Guidance -> KSampler -> VAE Decode -> Preview: the diffusion-negative image of p."""
+    dns = graph.add("DNPG_DNSGuidance", (800, y + 420), model=checkpoint.out("MODEL"), dns_scale=0.0)
+    sampler = graph.add(
+        "KSampler",
+        (1160, y),
+        title="KSampler (DNS)",
+        model=dns.out(0),
+        positive=pos.out(0),
+        negative=empty.out(0),
+        latent_image=latent.out(0),
+        seed=42,
+        steps=20,
+        cfg=7.0,
+        sampler_name="euler",
+        scheduler="normal",
+        denoise=1.0,
+    )
+    decoded = graph.add("VAEDecode", (1520, y), size=(220, 100), samples=sampler.out(0), vae=checkpoint.out("VAE"))
+    graph.add("PreviewImage", (1520, y + 140), title="DNS image", size=(300, 320), images=decoded.out(0))
+    return decoded
+
+
+def final_branch(graph: Graph, checkpoint, pos, neg, latent, pos_xy: tuple, prefix: str, title: str):
+    """KSampler (p, n*) -> VAE Decode -> Save Image, at the same seed as the DNS run."""
+    x, y = pos_xy
+    sampler = graph.add(
+        "KSampler",
+        (x, y),
+        title=title,
+        model=checkpoint.out("MODEL"),
+        positive=pos,
+        negative=neg,
+        latent_image=latent.out(0),
+        seed=42,
+        steps=20,
+        cfg=7.0,
+        sampler_name="euler",
+        scheduler="normal",
+        denoise=1.0,
+    )
+    decoded = graph.add("VAEDecode", (x + 360, y), size=(220, 100), samples=sampler.out(0), vae=checkpoint.out("VAE"))
+    graph.add("SaveImage", (x + 600, y), size=(360, 400), images=decoded.out(0), filename_prefix=prefix)
+
+
+def dnp_manual(object_info: dict) -> dict:
+    graph = Graph(object_info)
+    checkpoint, pos, empty, latent = text_to_image_base(graph, FOX, "")
+    graph.nodes[2]["title"] = "Empty prompt (DNS negative)"
+    dns_branch(graph, checkpoint, pos, empty, latent)
+    n_star = graph.add(
+        "CLIPTextEncode",
+        (1880, 60),
+        title="n*: describe the DNS image",
+        size=(380, 140),
+        text="a dark blurry abstract pattern, dull colors",
+        clip=checkpoint.out("CLIP"),
+    )
+    final_branch(
+        graph, checkpoint, pos.out(0), n_star.out(0), latent, (1880, 260), "dnpg_dnp_manual", "KSampler (p, n*)"
+    )
+    graph.add(
+        "Note",
+        (20, 320),
+        size=(340, 300),
+        text="Manual DNP (Desai & Vasconcelos 2024)\n\n"
+        "1. The top KSampler draws the DNS image: what the model finds LEAST like your prompt p (DNS Guidance "
+        "steers away from p; keep the negative prompt EMPTY).\n"
+        "2. Look at the DNS image and describe it in the 'n*' box (a few words).\n"
+        "3. The second KSampler generates with p and n* as negative, same seed.\n\n"
+        "Run once, read the DNS image, type n*, run again (the DNS part is cached).",
+    )
+    return graph.to_json()
+
+
+def dnp_auto(object_info: dict) -> dict:
+    graph = Graph(object_info)
+    checkpoint, pos, empty, latent = text_to_image_base(graph, FOX, "")
+    graph.nodes[2]["title"] = "Empty prompt (DNS negative)"
+    dns_image = dns_branch(graph, checkpoint, pos, empty, latent)
+    captioner = graph.add("DNPG_CaptionerLoader", (1880, 60), captioner_name=CAPTIONER, dtype="auto", keep_loaded=False)
+    caption = graph.add(
+        "DNPG_CaptionImage", (1880, 220), captioner=captioner.out(0), image=dns_image.out(0), max_new_tokens=40
+    )
+    n_star = graph.add(
+        "DNPG_DNPNegativePrompt",
+        (2240, 60),
+        caption=caption.out("caption"),
+        user_negative="blurry, low quality",
+        mode="append",
+        max_tokens=-1,
+        clip=checkpoint.out("CLIP"),
+    )
+    graph.add("PreviewAny", (2240, 300), title="n*", size=(360, 160), source=n_star.out(0))
+    negative = graph.add(
+        "CLIPTextEncode", (2640, 60), title="Negative prompt n*", text=n_star.out(0), clip=checkpoint.out("CLIP")
+    )
+    final_branch(
+        graph, checkpoint, pos.out(0), negative.out(0), latent, (2640, 260), "dnpg_dnp_auto", "KSampler (p, n*)"
+    )
+    graph.add(
+        "Note",
+        (20, 320),
+        size=(340, 300),
+        text="Auto-DNP (Desai & Vasconcelos 2024)\n\n"
+        "DNS image -> caption -> n* -> final image.\n"
+        "1. DNS Guidance makes the top KSampler draw what the model finds least like p (negative EMPTY).\n"
+        "2. The captioner describes that image; DNP Negative Prompt cleans the caption and appends it to your "
+        "own negative.\n"
+        "3. The last KSampler generates with (p, n*), same seed.\n\n"
+        "The captioner (BLIP base, ~1 GB) downloads into models/captioners/ on first use; BLIP-2 and LLaVA "
+        "are in the list too.",
+    )
+    return graph.to_json()
+
+
+def dnp_auto_compare(object_info: dict) -> dict:
+    graph = Graph(object_info)
+    checkpoint = graph.add("CheckpointLoaderSimple", (20, 120), ckpt_name=SD15_CHECKPOINT)
+    graph.nodes[-1]["properties"]["models"] = [SD15_MODEL_LINK]
+    prompt = graph.add("PrimitiveStringMultiline", (380, 60), title="Prompt p", size=(380, 140), value=FOX)
+    user_negative = graph.add(
+        "PrimitiveStringMultiline", (380, 240), title="Your negative", size=(380, 100), value="blurry, low quality"
+    )
+    latent = graph.add("EmptyLatentImage", (380, 400), width=512, height=512, batch_size=1)
+    captioner = graph.add("DNPG_CaptionerLoader", (20, 320), captioner_name=CAPTIONER, dtype="auto", keep_loaded=False)
+    auto = graph.add(
+        "DNPG_AutoDNP",
+        (800, 60),
+        size=(340, 520),
+        model=checkpoint.out("MODEL"),
+        clip=checkpoint.out("CLIP"),
+        vae=checkpoint.out("VAE"),
+        captioner=captioner.out(0),
+        prompt=prompt.out(0),
+        user_negative=user_negative.out(0),
+        mode="append",
+        seed=42,
+        steps=20,
+        cfg=7.0,
+        sampler_name="euler",
+        scheduler="normal",
+        width=512,
+        height=512,
+        dns_steps=0,
+        dns_size=0,
+    )
+    graph.add("PreviewImage", (1180, 620), title="DNS image", size=(300, 320), images=auto.out("dns_image"))
+    graph.add("PreviewAny", (1520, 620), title="n*", size=(360, 160), source=auto.out("negative_prompt"))
+    final_branch(
+        graph,
+        checkpoint,
+        auto.out("positive"),
+        auto.out("negative"),
+        latent,
+        (1180, 60),
+        "dnpg_dnp",
+        "KSampler (p, n*)",
+    )
+    plain_pos = graph.add("CLIPTextEncode", (800, 640), title="p", text=prompt.out(0), clip=checkpoint.out("CLIP"))
+    plain_neg = graph.add(
+        "CLIPTextEncode", (800, 800), title="your negative", text=user_negative.out(0), clip=checkpoint.out("CLIP")
+    )
+    final_branch(
+        graph, checkpoint, plain_pos.out(0), plain_neg.out(0), latent, (1180, 1000), "dnpg_plain", "KSampler (plain)"
+    )
+    graph.add(
+        "Note",
+        (20, 480),
+        size=(340, 260),
+        text="Plain vs auto-DNP, same seed\n\n"
+        "Auto-DNP draws the DNS image of p, captions it and returns (p, n*) where n* = your negative + the "
+        "caption. Top: generated with (p, n*). Bottom: plain (p, your negative). Same seed, same settings.\n\n"
+        "dns_steps / dns_size make the DNS run cheaper; the node shows its cost.",
+    )
+    return graph.to_json()
+
+
+WORKFLOWS = {
+    "cfg_schedule.json": cfg_schedule,
+    "dnp_manual.json": dnp_manual,
+    "dnp_auto.json": dnp_auto,
+    "dnp_auto_compare.json": dnp_auto_compare,
+}
 
 
 def build_all(object_info: dict) -> dict:

@@ -154,9 +154,12 @@ def available_checkpoints(object_info: dict) -> list:
     return object_info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0]
 
 
-def adapt_prompt(prompt: dict, object_info: dict, checkpoint: str = None, size: int = None, steps: int = None) -> dict:
-    """Point every checkpoint loader whose model is missing on this server at `checkpoint`, and
-    optionally shrink latents to `size` px and step counts to `steps` (a quick run of a shipped graph)."""
+def adapt_prompt(
+    prompt: dict, object_info: dict, checkpoint: str = None, size: int = None, steps: int = None, captioner: str = None
+) -> dict:
+    """Point every checkpoint loader whose model is missing on this server at `checkpoint`, every
+    captioner loader at `captioner` (if given), and optionally shrink image sides to `size` px and
+    step counts to `steps` (a quick run of a shipped graph)."""
     installed = available_checkpoints(object_info)
     for node in prompt.values():
         inputs = node["inputs"]
@@ -164,7 +167,9 @@ def adapt_prompt(prompt: dict, object_info: dict, checkpoint: str = None, size: 
             if checkpoint is None:
                 raise ValueError(f"checkpoint {inputs['ckpt_name']!r} is not installed; installed: {installed}")
             inputs["ckpt_name"] = checkpoint
-        if size and node["class_type"] == "EmptyLatentImage":
+        if captioner and "captioner_name" in inputs:
+            inputs["captioner_name"] = captioner
+        if size and isinstance(inputs.get("width"), int) and isinstance(inputs.get("height"), int):
             inputs["width"] = inputs["height"] = size
         if steps and isinstance(inputs.get("steps"), int):
             inputs["steps"] = steps

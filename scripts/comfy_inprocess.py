@@ -54,7 +54,6 @@ def boot() -> types.SimpleNamespace:
     import comfy.samplers
     import comfy.sd
     import folder_paths
-
     import nodes
 
     _add_test_model_paths(folder_paths)

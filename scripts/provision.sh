@@ -80,6 +80,16 @@ build_tiny_checkpoint() {
   fi
 }
 
+build_tiny_captioners() {
+  local recipe="$PACK_DIR/scripts/make_tiny_captioners.py" stamp="$MODELS/captioners/.dnpg-tiny.recipe" want
+  want="$(sha256sum "$recipe" | cut -c1-16)"
+  if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
+    log "building the tiny random captioners (BLIP, BLIP-2, LLaVA) in $MODELS/captioners"
+    "$VENV/bin/python" "$recipe" "$MODELS/captioners" >&2
+    echo "$want" >"$stamp"
+  fi
+}
+
 ensure_chromium() {
   # The browser tests drive Debian's Chromium with Playwright (never a downloaded browser).
   if [[ -x /usr/bin/chromium ]]; then return; fi
@@ -115,6 +125,7 @@ main() {
   link_pack
   write_model_paths
   build_tiny_checkpoint
+  build_tiny_captioners
   ensure_chromium
   write_env_file
 }

@@ -2,8 +2,9 @@
 
     python scripts/run_workflow.py [workflows/X.json] [--size 256] [--steps 8] [--keep-server]
 
-The workflow is converted from UI to API format with the server's /object_info; checkpoints that
-are not installed are replaced by the tiny random SD1.5 test checkpoint (or --checkpoint).
+The workflow (default: workflows/dnp_auto.json, the auto-DNP graph) is converted from UI to API
+format with the server's /object_info; checkpoints that are not installed are replaced by the tiny
+random SD1.5 checkpoint (or --checkpoint) and captioners by the tiny random BLIP (or --captioner).
 """
 
 import argparse
@@ -17,14 +18,18 @@ from comfy_client import adapt_prompt, ui_to_api  # noqa: E402
 from comfy_server import ComfyServer  # noqa: E402
 
 PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_WORKFLOW = os.path.join(PACK_DIR, "workflows", "cfg_schedule.json")
+DEFAULT_WORKFLOW = os.path.join(PACK_DIR, "workflows", "dnp_auto.json")
 TINY_CHECKPOINT = "dnpg_tiny_sd15.safetensors"
+TINY_CAPTIONER = "dnpg-tiny-blip"
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("workflow", nargs="?", default=DEFAULT_WORKFLOW)
     parser.add_argument("--checkpoint", default=TINY_CHECKPOINT, help="used where the workflow's checkpoint is missing")
+    parser.add_argument(
+        "--captioner", default=TINY_CAPTIONER, help="captioner for every Captioner Loader ('keep': the workflow's own)"
+    )
     parser.add_argument("--size", type=int, help="override EmptyLatentImage width and height (px)")
     parser.add_argument("--steps", type=int, help="override every sampler's step count")
     parser.add_argument("--port", type=int, default=8188)
@@ -42,7 +47,10 @@ def main() -> int:
         with open(args.workflow) as handle:
             workflow = json.load(handle)
         object_info = client.get("/object_info")
-        prompt = adapt_prompt(ui_to_api(workflow, object_info), object_info, args.checkpoint, args.size, args.steps)
+        captioner = None if args.captioner == "keep" else args.captioner
+        prompt = adapt_prompt(
+            ui_to_api(workflow, object_info), object_info, args.checkpoint, args.size, args.steps, captioner
+        )
         entry = client.run(prompt)
         saved = [img for _, img in client.output_images(entry) if img["type"] == "output"]
         for image in saved:

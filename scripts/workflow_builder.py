@@ -95,6 +95,8 @@ class Graph:
             return options["default"]
         if isinstance(spec[0], list) and spec[0]:
             return spec[0][0]
+        if isinstance(value, tuple) and spec[0] == "STRING":
+            return ""  # a text widget driven by a link
         raise ValueError(f"widget {name!r} needs a value (no default)")
 
     def _link(self, source, target: Node, name: str, spec, record_inputs: list) -> None:

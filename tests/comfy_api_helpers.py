@@ -7,13 +7,27 @@ S0 = 7.0
 STEPS = 4
 
 
-def latent():
-    return {"samples": torch.zeros(1, 4, SIZE, SIZE)}
+def latent(samples=None):
+    return {"samples": torch.zeros(1, 4, SIZE, SIZE) if samples is None else samples}
 
 
-def ksample(comfy, tiny, model, cfg=S0, steps=STEPS, sampler="euler", scheduler="normal", seed=1):
+def ksample(
+    comfy,
+    tiny,
+    model,
+    cfg=S0,
+    steps=STEPS,
+    sampler="euler",
+    scheduler="normal",
+    seed=1,
+    positive=None,
+    negative=None,
+    latent=None,
+):
+    positive = tiny.positive if positive is None else positive
+    negative = tiny.negative if negative is None else negative
     return comfy.nodes.common_ksampler(
-        model, seed, steps, cfg, sampler, scheduler, tiny.positive, tiny.negative, latent()
+        model, seed, steps, cfg, sampler, scheduler, positive, negative, globals()["latent"](latent)
     )[0]["samples"]
 
 
@@ -46,6 +60,11 @@ def custom_sample(tiny, model, cfg=S0, steps=STEPS, seed=1):
     return custom.SamplerCustomAdvanced.execute(noise, guider, sampler, sigmas, latent()).result[0]["samples"]
 
 
+def same_sample(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal up to float rounding of a different UNet batch layout (latents here reach |x| ~ 100)."""
+    return torch.allclose(a, b, rtol=1e-4, atol=1e-3)
+
+
 def sampler_sigmas(model, scheduler, steps):
     import comfy.samplers
 
@@ -56,15 +75,18 @@ def step_index(sigma: float, sigmas: torch.Tensor) -> int:
     return int(torch.argmin((sigmas - sigma).abs()).item())
 
 
-def recording(model, records: list, offset: float = 0.0):
+def recording(model, records: list, offset: float = 0.0, swapped: bool = False):
     """A clone whose last post-CFG function records (sigma, effective scale) of the result it sees.
 
-    The effective scale is the least-squares s in result - offset = uncond + s (cond - uncond).
+    The effective scale is the least-squares s in result - offset = uncond + s (cond - uncond)
+    (cond and uncond exchanged when `swapped`, as DNS guides from the negative towards the positive).
     """
     recorder = model.clone()
 
     def record(args):
         cond, uncond, denoised = args["cond_denoised"], args["uncond_denoised"], args["denoised"]
+        if swapped:
+            cond, uncond = uncond, cond
         delta = cond - uncond
         scale = ((denoised - offset - uncond) * delta).sum() / (delta * delta).sum()
         records.append((args["sigma"][0].item(), scale.item()))

@@ -41,6 +41,12 @@ def tiny(comfy):
 
 
 @pytest.fixture(scope="session")
+def empty(comfy, tiny):
+    """The encoding of the empty prompt (the DNS negative)."""
+    return comfy.nodes.CLIPTextEncode().encode(tiny.clip, "")[0]
+
+
+@pytest.fixture(scope="session")
 def server(tmp_path_factory):
     """The real ComfyUI server (main.py --cpu) on a free loopback port, stopped at the end."""
     _require_comfy()

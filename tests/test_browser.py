@@ -13,7 +13,13 @@ pytestmark = pytest.mark.server
 
 CHROMIUM = "/usr/bin/chromium"
 WORKFLOW_FILES = sorted(glob.glob(os.path.join(PACK_DIR, "workflows", "*.json")))
-QUICK_WIDGETS = {"ckpt_name": TINY_CHECKPOINT, "width": 128, "height": 128, "steps": 3}
+QUICK_WIDGETS = {
+    "ckpt_name": TINY_CHECKPOINT,
+    "captioner_name": "dnpg-tiny-blip",
+    "width": 128,
+    "height": 128,
+    "steps": 3,
+}
 # Console noise of the frontend itself on an offline machine without the template gallery package.
 BENIGN_CONSOLE = ("Failed to load resource", "Error loading core workflow templates", "Error fetching file size")
 FRONTEND_SETTINGS = {

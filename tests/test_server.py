@@ -15,7 +15,7 @@ from PIL import Image
 pytestmark = pytest.mark.server
 
 WORKFLOW_FILES = sorted(glob.glob(os.path.join(PACK_DIR, "workflows", "*.json")))
-QUICK = {"checkpoint": TINY_CHECKPOINT, "size": 128, "steps": 3}
+QUICK = {"checkpoint": TINY_CHECKPOINT, "size": 128, "steps": 3, "captioner": "dnpg-tiny-blip"}
 
 
 def load_workflow(path):
@@ -40,9 +40,12 @@ def test_every_pack_node_is_registered(server, comfy):
     assert set(comfy.pack.NODE_CLASS_MAPPINGS) <= registered
 
 
-@pytest.mark.parametrize("node_id", ["DNPG_CFGSchedule", "DNPG_CFGSchedulePlot"])
-def test_nodes_have_category_description_and_tooltips(server, comfy, node_id):
-    info = server.object_info[node_id]
+def test_nodes_have_category_description_and_tooltips(server, comfy):
+    for node_id in comfy.pack.NODE_CLASS_MAPPINGS:
+        check_node_info(server.object_info[node_id], comfy, node_id)
+
+
+def check_node_info(info, comfy, node_id):
     assert info["category"].startswith("DNP Guidance/")
     assert len(info["description"]) > 40
     assert info["display_name"] == comfy.pack.NODE_DISPLAY_NAME_MAPPINGS[node_id]

@@ -1,0 +1,330 @@
+"""DNP nodes: captioner loading and captioning, the negative prompt n*, and one-node Auto-DNP
+(Desai & Vasconcelos, arXiv 2411.05473). Text maths in guidance/dnp.py, DNS in nodes/dns.py."""
+
+import logging
+
+import comfy.samplers
+import comfy.utils
+import nodes as comfy_nodes
+import torch
+
+from ..guidance import dnp
+from . import captioning
+from .dns import patch_dns
+
+log = logging.getLogger("dnp_guidance")
+CATEGORY = "DNP Guidance/DNP"
+
+captioning.register_folder()
+
+
+class CaptionerLoader:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "captioner_name": (
+                    captioning.captioner_choices(),
+                    {
+                        "tooltip": "A captioning model: folders in models/captioners/ (Hugging Face format, "
+                        "safetensors weights) and the known BLIP, BLIP-2 and LLaVA models, which are downloaded "
+                        "into models/captioners/ on first use when the machine is online.",
+                    },
+                ),
+                "dtype": (
+                    list(captioning.DTYPES),
+                    {"default": "auto", "tooltip": "Weights precision. auto: fp16 on GPUs that support it, else fp32."},
+                ),
+                "keep_loaded": (
+                    "BOOLEAN",
+                    {
+                        "default": False,
+                        "tooltip": "Keep the captioner on the GPU after captioning (faster repeats, less memory for "
+                        "the diffusion model). Off: it is moved back to the CPU right after use.",
+                    },
+                ),
+            }
+        }
+
+    RETURN_TYPES = ("CAPTIONER",)
+    OUTPUT_TOOLTIPS = ("The loaded captioner; connect it to Caption Image or Auto-DNP.",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+    DESCRIPTION = (
+        "Loads a captioner for auto-DNP: BLIP, BLIP-2 or LLaVA (1.5 / NeXT) through transformers' own classes, "
+        "safetensors only, no remote code. ComfyUI's model manager moves it to the GPU only while it captions."
+    )
+
+    def load(self, captioner_name, dtype, keep_loaded):
+        return (captioning.load_captioner(captioner_name, dtype, keep_loaded),)
+
+
+class CaptionImage:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "captioner": ("CAPTIONER", {"tooltip": "From Captioner Loader."}),
+                "image": ("IMAGE", {"tooltip": "The image(s) to describe, e.g. the decoded DNS sample."}),
+                "question": (
+                    "STRING",
+                    {
+                        "default": captioning.DEFAULT_QUESTION,
+                        "multiline": True,
+                        "tooltip": "What to ask BLIP-2 / LLaVA about the image. BLIP ignores it (it captions unprompted).",
+                    },
+                ),
+                "max_new_tokens": (
+                    "INT",
+                    {"default": 40, "min": 1, "max": 512, "tooltip": "Longest caption, in the captioner's tokens."},
+                ),
+            }
+        }
+
+    RETURN_TYPES = ("STRING", "STRING")
+    RETURN_NAMES = ("caption", "captions")
+    OUTPUT_IS_LIST = (False, True)
+    OUTPUT_TOOLTIPS = (
+        "All captions of the batch joined with '; ' (one shared text).",
+        "One caption per image, as a list (downstream nodes run once per caption).",
+    )
+    FUNCTION = "caption"
+    CATEGORY = CATEGORY
+    DESCRIPTION = (
+        "Describes each image of a batch with the captioner (greedy decoding: the same image gives the same text)."
+    )
+
+    def caption(self, captioner, image, question, max_new_tokens):
+        captions = captioning.caption(captioner, image, question, max_new_tokens)
+        return {"ui": {"text": captions}, "result": ("; ".join(captions), captions)}
+
+
+def clip_token_counter(clip):
+    """count(text) -> tokens of the CLIP tokenizer (the tightest of its encoders), and its limit."""
+    inner = [t for t in vars(clip.tokenizer).values() if hasattr(t, "tokenizer") and hasattr(t, "max_length")]
+    if not inner:
+        return None, 0
+    tokenizer = min(inner, key=lambda t: t.max_length)
+
+    def count(text: str) -> int:
+        return len(tokenizer.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    return count, tokenizer.max_length - 2  # start and end tokens take two places
+
+
+def negative_prompt(caption: str, user_negative: str, mode: str, clip=None, max_tokens: int = -1) -> tuple:
+    """n* and a report line: clean the caption, combine with the user's negative, fit the token limit.
+
+    max_tokens -1 uses the text encoder's limit (75 for CLIP), 0 keeps everything (ComfyUI then
+    encodes longer prompts in 77-token chunks).
+    """
+    text = dnp.combine_negative(dnp.clean_caption(caption), user_negative, mode)
+    count, limit = clip_token_counter(clip) if clip is not None else (lambda t: len(t.split()), 75)
+    if max_tokens >= 0:
+        limit = max_tokens
+    text, cut = dnp.truncate_words(text, count, limit) if count else (text, False)
+    report = f"n*: {text}" + (f"  [truncated to {limit} tokens]" if cut else "")
+    if cut:
+        log.warning("DNP Guidance: the negative prompt was truncated to %d tokens: %s", limit, text)
+    return text, report
+
+
+class DNPNegativePrompt:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "caption": (
+                    "STRING",
+                    {"forceInput": True, "tooltip": "The caption of the DNS image (from Caption Image)."},
+                ),
+                "user_negative": (
+                    "STRING",
+                    {
+                        "default": "",
+                        "multiline": True,
+                        "tooltip": "Your own negative prompt, kept next to n* (see mode).",
+                    },
+                ),
+                "mode": (
+                    list(dnp.COMBINE_MODES),
+                    {
+                        "default": "append",
+                        "tooltip": "append: 'your negative, n*'. prepend: 'n*, your negative'. replace: n* alone.",
+                    },
+                ),
+                "max_tokens": (
+                    "INT",
+                    {
+                        "default": -1,
+                        "min": -1,
+                        "max": 1000,
+                        "tooltip": "Cut n* at a word boundary to this many tokens. -1: the text encoder's limit "
+                        "(75 for CLIP; needs the clip input, else words are counted). 0: no limit.",
+                    },
+                ),
+            },
+            "optional": {
+                "clip": ("CLIP", {"tooltip": "The CLIP of your checkpoint, to count tokens exactly."}),
+            },
+        }
+
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("negative_prompt",)
+    OUTPUT_TOOLTIPS = ("n*: connect it to the text input of a CLIP Text Encode used as negative.",)
+    FUNCTION = "build"
+    CATEGORY = CATEGORY
+    DESCRIPTION = (
+        "Turns the caption of the DNS image into the diffusion-negative prompt n*: strips captioner boiler-plate "
+        "('arafed', 'a picture of', 'there is'), combines it with your own negative, and fits the token limit "
+        "(saying so when it cuts)."
+    )
+
+    def build(self, caption, user_negative, mode, max_tokens, clip=None):
+        text, report = negative_prompt(caption, user_negative, mode, clip, max_tokens)
+        return {"ui": {"text": [report]}, "result": (text,)}
+
+
+def encode(clip, text: str):
+    return comfy_nodes.CLIPTextEncode().encode(clip, text)[0]
+
+
+def dns_cost(steps: int, dns_steps: int, width: int, height: int, dns_size: int) -> float:
+    """DNS UNet work relative to the final generation (UNet cost ~ steps x pixels)."""
+    dns_pixels = dns_size * dns_size if dns_size else width * height
+    return (dns_steps * dns_pixels) / (steps * width * height)
+
+
+class AutoDNP:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The diffusion model (the DNS run patches a clone of it)."}),
+                "clip": ("CLIP", {"tooltip": "Its text encoder."}),
+                "vae": ("VAE", {"tooltip": "Its VAE, to decode the DNS image for the captioner."}),
+                "captioner": ("CAPTIONER", {"tooltip": "From Captioner Loader."}),
+                "prompt": ("STRING", {"multiline": True, "default": "", "tooltip": "Your prompt p."}),
+                "user_negative": ("STRING", {"multiline": True, "default": "", "tooltip": "Your own negative prompt."}),
+                "mode": (
+                    list(dnp.COMBINE_MODES),
+                    {"default": "append", "tooltip": "How n* joins your negative prompt."},
+                ),
+                "seed": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 0xFFFFFFFFFFFFFFFF,
+                        "control_after_generate": True,
+                        "tooltip": "Seed of the DNS run.",
+                    },
+                ),
+                "steps": ("INT", {"default": 20, "min": 1, "max": 10000, "tooltip": "Steps of your final generation."}),
+                "cfg": (
+                    "FLOAT",
+                    {
+                        "default": 7.0,
+                        "min": 1.0,
+                        "max": 100.0,
+                        "step": 0.1,
+                        "tooltip": "cfg of your final generation; DNS runs at this scale (ComfyUI convention).",
+                    },
+                ),
+                "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {"tooltip": "Sampler of the DNS run."}),
+                "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"tooltip": "Scheduler of the DNS run."}),
+                "width": (
+                    "INT",
+                    {"default": 512, "min": 64, "max": 8192, "step": 8, "tooltip": "Final image width (px)."},
+                ),
+                "height": (
+                    "INT",
+                    {"default": 512, "min": 64, "max": 8192, "step": 8, "tooltip": "Final image height (px)."},
+                ),
+                "dns_steps": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 10000,
+                        "tooltip": "Steps of the DNS run; 0 = the same as steps. Fewer is cheaper.",
+                    },
+                ),
+                "dns_size": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 8192,
+                        "step": 8,
+                        "tooltip": "Side of the square DNS image (px); 0 = width x height. Smaller is cheaper.",
+                    },
+                ),
+            }
+        }
+
+    RETURN_TYPES = ("CONDITIONING", "CONDITIONING", "STRING", "IMAGE")
+    RETURN_NAMES = ("positive", "negative", "negative_prompt", "dns_image")
+    OUTPUT_TOOLTIPS = (
+        "p encoded: the final KSampler's positive.",
+        "n* (with your negative) encoded: the final KSampler's negative.",
+        "The text of n*.",
+        "The diffusion-negative sample the caption describes.",
+    )
+    FUNCTION = "run"
+    CATEGORY = CATEGORY
+    DESCRIPTION = (
+        "Auto-DNP in one node: draws the diffusion-negative sample of your prompt (DNS), captions it, and returns "
+        "the conditioning pair (p, n*) for your final KSampler. dns_steps / dns_size make the DNS run cheaper; "
+        "its cost relative to the final generation is shown on the node."
+    )
+
+    def run(
+        self,
+        model,
+        clip,
+        vae,
+        captioner,
+        prompt,
+        user_negative,
+        mode,
+        seed,
+        steps,
+        cfg,
+        sampler_name,
+        scheduler,
+        width,
+        height,
+        dns_steps,
+        dns_size,
+    ):
+        if not prompt.strip():
+            raise ValueError("Auto-DNP: the prompt is empty. DNS needs a prompt p to steer away from.")
+        dns_steps = dns_steps or steps
+        side_w, side_h = (dns_size, dns_size) if dns_size else (width, height)
+        latent = {"samples": torch.zeros(1, 4, side_h // 8, side_w // 8)}
+        positive, empty = encode(clip, prompt), encode(clip, "")
+        dns_latent = comfy_nodes.common_ksampler(
+            patch_dns(model, 0.0), seed, dns_steps, cfg, sampler_name, scheduler, positive, empty, latent
+        )[0]
+        dns_image = comfy_nodes.VAEDecode().decode(vae, dns_latent)[0]
+        caption = "; ".join(captioning.caption(captioner, dns_image))
+        text, report = negative_prompt(caption, user_negative, mode, clip)
+        cost = dns_cost(steps, dns_steps, width, height, dns_size)
+        note = f"{report}\nDNS run: {dns_steps} steps at {side_w}x{side_h} = {cost:.0%} of the final generation's UNet work, plus one caption."
+        log.info("DNP Guidance: %s", note.replace("\n", " | "))
+        return {"ui": {"text": [note]}, "result": (positive, encode(clip, text), text, dns_image)}
+
+
+NODE_CLASS_MAPPINGS = {
+    "DNPG_CaptionerLoader": CaptionerLoader,
+    "DNPG_CaptionImage": CaptionImage,
+    "DNPG_DNPNegativePrompt": DNPNegativePrompt,
+    "DNPG_AutoDNP": AutoDNP,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "DNPG_CaptionerLoader": "Captioner Loader",
+    "DNPG_CaptionImage": "Caption Image",
+    "DNPG_DNPNegativePrompt": "DNP Negative Prompt",
+    "DNPG_AutoDNP": "Auto-DNP",
+}
