@@ -1,8 +1,8 @@
 """DNP Guidance: diffusion-negative prompting, S-CFG, CFG schedules and loss guidance for ComfyUI."""
 
-from .nodes import dnp, dns, schedule
+from .nodes import dnp, dns, scfg, schedule
 
-_NODE_MODULES = (schedule, dns, dnp)
+_NODE_MODULES = (schedule, dns, dnp, scfg)
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}

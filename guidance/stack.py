@@ -39,6 +39,7 @@ class GuidanceState:
     x: the sampler's input; sigma: (B,) noise levels; base_scale: the sampler's cfg s0.
     progress: tau in [0, 1] per batch entry, (B,), keyed by source (guidance.progress.SOURCES).
     scale: s as a float, (B,) or (B, 1, H, W); correction: additive x0 term (0 or like cond).
+    captures: what the glue captured from the model in this evaluation (attention maps), by key.
     """
 
     cond: torch.Tensor
@@ -49,6 +50,7 @@ class GuidanceState:
     progress: dict
     scale: Scale
     correction: Union[float, torch.Tensor] = 0.0
+    captures: dict = None
 
     def edit(self, **changes) -> "GuidanceState":
         return replace(self, **changes)

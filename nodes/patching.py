@@ -8,7 +8,7 @@ ones only add their term to the stack stored under `model_options["dnp_guidance"
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import comfy.patcher_extension
 import torch
@@ -25,9 +25,19 @@ WRAPPER_KEY = "dnp_guidance"
 
 @dataclass
 class RunState:
-    """Per-sampling-run bookkeeping, created by the OUTER_SAMPLE wrapper and dropped after it."""
+    """Per-sampling-run bookkeeping, created by the OUTER_SAMPLE wrapper and dropped after it.
+
+    captures: collectors that model patches (attention capture) fill during one evaluation; the hook
+    finalizes them into GuidanceState.captures and empties them, so nothing outlives the step.
+    """
 
     hook_calls: int = 0
+    captures: dict = field(default_factory=dict)
+
+    def take_captures(self) -> dict:
+        taken = {key: collector.finalize() for key, collector in self.captures.items()}
+        self.captures.clear()
+        return taken
 
 
 def guidance_stack(model) -> GuidanceStack:
@@ -75,10 +85,13 @@ def run_wrapper(executor, noise, latent_image, *args, **kwargs):
         check_run(stack, guider, latent_image)
     run = RunState()
     options[RUN_KEY] = run
+    transformer_options = options.setdefault("transformer_options", {})
+    transformer_options[RUN_KEY] = run  # reaches attention patches as extra_options[RUN_KEY]
     try:
         result = executor(noise, latent_image, *args, **kwargs)
     finally:
         options.pop(RUN_KEY, None)
+        transformer_options.pop(RUN_KEY, None)
     if stack is not None and stack.terms:
         check_result(stack, run, result)
     return result
@@ -162,8 +175,10 @@ def guidance_hook(args: dict) -> torch.Tensor:
     if stack is None or not stack.terms:
         return denoised
     run = options.get(RUN_KEY)
+    captures = {}
     if run is not None:
         run.hook_calls += 1
+        captures = run.take_captures()
     sigma = args["sigma"]
     state = GuidanceState(
         cond=args["cond_denoised"],
@@ -173,5 +188,6 @@ def guidance_hook(args: dict) -> torch.Tensor:
         base_scale=float(args["cond_scale"]),
         progress=progress_by_source(sigma, options, args["model"].model_sampling),
         scale=float(args["cond_scale"]),
+        captures=captures,
     )
     return apply_stack(stack, denoised, state)

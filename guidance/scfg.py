@@ -1,0 +1,200 @@
+"""S-CFG: semantic-aware classifier-free guidance (Shen et al., "Rethinking the Spatial
+Inconsistency in Classifier-Free Diffusion Guidance", CVPR 2024, arXiv 2404.05384;
+shared/reference/s-cfg.md). Official code: SmilesDZgk/S-CFG; defaults follow it.
+
+With the classifier score eta = e(x, c) - e(x, empty) (any space: `delta`), S-CFG replaces
+e = e_u + g eta by
+
+    e = e_u + sum_i g_i m_i . eta,   g_i = g * mean_{p in b} |eta_p| / mean_{p in i} |eta_p|
+
+where the regions m_i come from the UNet's attention maps at the current step:
+1. self-attention completion  C <- A C,  A = (S + 3 S^2) / 4 (released code; the paper's
+   (S + S^2 + S^3 + S^4) / 4 with R = 4 is completion="paper");
+2. 3x3 Gaussian smoothing (reflect padding, sigma 0.5, kernel exp(-((x - mu) / (2 sigma))^2));
+3. each token map divided by its spatial mean (+1e-8); coarser layers upsampled bilinearly to the
+   finest, all layers averaged with equal weight;
+4. each pixel belongs to the argmax token over ALL tokens (cond pass);
+5. the reference region b: pixels where the start token's map is below the sum of all other tokens'
+   maps, taken from the uncond pass in the released code (reference="cond" is the alternative);
+6. masks nearest-upsampled to the latent; rate_i painted per pixel, clamped to [0.8, 3.0] and to at
+   most 15 / g, then smoothed again (step 2's kernel).
+|eta_p| is the L2 norm over channels at pixel p. The rate is a ratio of norms and the combination
+is affine per pixel, so it is identical in eps and x0 space (conventions.md).
+
+Shapes: cross maps (N, h, w, T), self maps (N, h*w, h*w), processed maps (N, T, h, w); N is the
+batch of one pass; index 0 / 1 of a stacked pair is the uncond / cond pass.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .stack import PHASE_RATE, GuidanceState, GuidanceTerm
+
+RATE_MIN, RATE_MAX, SCALE_CAP = 0.8, 3.0, 15.0
+COMPLETIONS = ("code", "paper")
+REFERENCES = ("uncond", "cond")
+EPS = 1e-8
+
+
+def gaussian_kernel(sigma: float = 0.5, size: int = 3) -> torch.Tensor:
+    """The code's 2-D kernel: outer product of exp(-((x - mu) / (2 sigma))^2), normalised to sum 1."""
+    x = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    k1 = torch.exp(-((x / (2 * sigma)) ** 2))
+    k2 = torch.outer(k1, k1)
+    return k2 / k2.sum()
+
+
+def smooth(maps: torch.Tensor) -> torch.Tensor:
+    """3x3 Gaussian smoothing of every channel of (N, K, h, w), reflect padding (replicate if a side < 2)."""
+    n, k, h, w = maps.shape
+    kernel = gaussian_kernel().to(maps).view(1, 1, 3, 3).expand(k, 1, 3, 3)
+    mode = "reflect" if min(h, w) > 1 else "replicate"
+    return F.conv2d(F.pad(maps, (1, 1, 1, 1), mode=mode), kernel, groups=k)
+
+
+def complete(self_attn: torch.Tensor, completion: str = "code") -> torch.Tensor:
+    """The completion matrix A from self-attention S (N, hw, hw)."""
+    if completion not in COMPLETIONS:
+        raise ValueError(f"unknown completion {completion!r}; valid: {', '.join(COMPLETIONS)}")
+    s2 = self_attn @ self_attn
+    if completion == "code":
+        return (self_attn + 3 * s2) / 4
+    s3 = s2 @ self_attn
+    return (self_attn + s2 + s3 + s3 @ self_attn) / 4
+
+
+def process_layer(cross: torch.Tensor, self_attn: torch.Tensor = None, completion: str = "code") -> torch.Tensor:
+    """Steps 1-3 for one layer and one pass: (N, h, w, T) cross [+ (N, hw, hw) self] -> (N, T, h, w)."""
+    n, h, w, t = cross.shape
+    maps = cross.reshape(n, h * w, t).float()
+    if self_attn is not None:
+        maps = complete(self_attn.float(), completion) @ maps
+    maps = smooth(maps.transpose(1, 2).reshape(n, t, h, w))
+    return maps / (maps.mean(dim=(2, 3), keepdim=True) + EPS)
+
+
+def average_layers(per_resolution: dict) -> torch.Tensor:
+    """Equal-weight mean of processed maps: {(h, w): (sum (N, T, h, w), count)} -> (N, T, H, W) at the finest."""
+    finest = max(per_resolution, key=lambda hw: hw[0] * hw[1])
+    total, count = 0.0, 0
+    for (h, w), (summed, n_layers) in per_resolution.items():
+        up = summed if (h, w) == finest else F.interpolate(summed, size=finest, mode="bilinear", align_corners=False)
+        total, count = total + up, count + n_layers
+    return total / count
+
+
+def region_masks(cond_maps: torch.Tensor) -> torch.Tensor:
+    """Step 4: one-hot argmax over all tokens, (N, T, H, W) -> (N, T, H, W) in {0, 1}."""
+    return F.one_hot(cond_maps.argmax(dim=1), cond_maps.shape[1]).permute(0, 3, 1, 2).to(cond_maps.dtype)
+
+
+def reference_mask(maps: torch.Tensor) -> torch.Tensor:
+    """Step 5: start token's map below the sum of the others, (N, T, H, W) -> (N, 1, H, W)."""
+    return (maps[:, :1] < maps[:, 1:].sum(dim=1, keepdim=True)).to(maps.dtype)
+
+
+def rate_from_maps(
+    delta: torch.Tensor,
+    uncond_maps: torch.Tensor,
+    cond_maps: torch.Tensor,
+    cfg_scale,
+    rate_min: float = RATE_MIN,
+    rate_max: float = RATE_MAX,
+    scale_cap: float = SCALE_CAP,
+    reference: str = "uncond",
+) -> torch.Tensor:
+    """Steps 4-6: the per-pixel rate (B, 1, H, W) from averaged maps (B, T, h, w) of both passes."""
+    if reference not in REFERENCES:
+        raise ValueError(f"unknown reference pass {reference!r}; valid: {', '.join(REFERENCES)}")
+    size = delta.shape[-2:]
+    masks = F.interpolate(region_masks(cond_maps), size=size, mode="nearest")  # (B, T, H, W)
+    ref = F.interpolate(reference_mask(uncond_maps if reference == "uncond" else cond_maps), size=size, mode="nearest")
+    norm = delta.float().norm(dim=1, keepdim=True)  # |eta_p|, (B, 1, H, W)
+    ref_mean = (norm * ref).sum(dim=(2, 3)) / ref.sum(dim=(2, 3)).clamp(min=1)  # (B, 1)
+    region_sum = (norm * masks).sum(dim=(2, 3))  # (B, T)
+    region_count = masks.sum(dim=(2, 3))
+    region_mean = region_sum / region_count.clamp(min=1)
+    rates = torch.where(region_mean > 0, ref_mean / region_mean.clamp(min=EPS), torch.zeros_like(region_mean))
+    has_ref = ref.sum(dim=(2, 3)) > 0  # no reference pixels: leave the guidance as it is
+    rates = torch.where(has_ref, rates, torch.ones_like(rates))
+    rate = (rates[:, :, None, None] * masks).sum(dim=1, keepdim=True)
+    rate = rate.clamp(rate_min, rate_max)
+    rate = torch.minimum(rate, _cap(scale_cap, cfg_scale, rate))
+    return smooth(rate).to(delta.dtype)
+
+
+def _cap(scale_cap: float, cfg_scale, like: torch.Tensor) -> torch.Tensor:
+    """15 / g per batch entry (g a float or a (B,) tensor), broadcastable to (B, 1, H, W)."""
+    if isinstance(cfg_scale, torch.Tensor):
+        g = cfg_scale.to(like).reshape(-1, *([1] * (like.ndim - 1))) if cfg_scale.ndim else cfg_scale.to(like)
+        return scale_cap / g.clamp(min=EPS)
+    return torch.full_like(like, scale_cap / max(cfg_scale, EPS))
+
+
+def scfg_rate(delta: torch.Tensor, layers: list, cfg_scale, **options) -> torch.Tensor:
+    """The S-CFG rate (B, 1, H, W) with guided = uncond + cfg_scale * rate * delta.
+
+    delta: (B, C, H, W) = cond - uncond in any space. layers: [(cross, self_attn)] per attention
+    layer, cross (2, B, h, w, T) and self_attn (2, B, h*w, h*w) (None to skip completion),
+    head-averaged probabilities, index 0 = uncond pass, 1 = cond pass. options: completion
+    ("code" | "paper"), self_completion (bool), reference ("uncond" | "cond"), rate_min, rate_max,
+    scale_cap.
+    """
+    completion = options.pop("completion", "code")
+    use_self = options.pop("self_completion", True)
+    passes = []
+    for index in (0, 1):
+        per_resolution = {}
+        for cross, self_attn in layers:
+            maps = process_layer(
+                cross[index], self_attn[index] if use_self and self_attn is not None else None, completion
+            )
+            key = tuple(maps.shape[-2:])
+            summed, count = per_resolution.get(key, (0.0, 0))
+            per_resolution[key] = (summed + maps, count + 1)
+        passes.append(average_layers(per_resolution))
+    return rate_from_maps(delta, passes[0], passes[1], cfg_scale, **options)
+
+
+def scfg_term(
+    capture_key: str, start: float = 0.0, end: float = 1.0, progress_source: str = "sigma position", **options
+) -> GuidanceTerm:
+    """The RATE-phase term: s <- s * rate per pixel while start <= tau <= end (rate 1 elsewhere).
+
+    The glue puts the step's averaged maps in state.captures[capture_key] = (uncond_maps, cond_maps).
+    """
+    if not 0.0 <= start <= end <= 1.0:
+        raise ValueError(f"S-CFG needs 0 <= start <= end <= 1, got start={start}, end={end}")
+
+    def apply(state: GuidanceState) -> GuidanceState:
+        captured = (state.captures or {}).get(capture_key)
+        if captured is None:
+            raise RuntimeError(
+                "S-CFG captured no attention maps in this step: another node replaced the attention of the "
+                "layers S-CFG reads, or the model ran without them."
+            )
+        rate = rate_from_maps(state.cond - state.uncond, captured[0], captured[1], state.scale, **options)
+        tau = state.progress[progress_source].to(rate).view(-1, 1, 1, 1)
+        rate = torch.where((tau >= start) & (tau <= end), rate, torch.ones_like(rate))
+        scale = (
+            state.scale.view(-1, 1, 1, 1)
+            if isinstance(state.scale, torch.Tensor) and state.scale.ndim == 1
+            else state.scale
+        )
+        return state.edit(scale=scale * rate)
+
+    return GuidanceTerm("scfg", PHASE_RATE, apply, f"S-CFG (tau {start:g}-{end:g})", requires=("uncond_pass",))
+
+
+def head_averaged_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) averaged over heads: (b, sq, heads*d), (b, sk, heads*d) -> (b, sq, sk)."""
+    b, sq, dim = q.shape
+    d = dim // heads
+    qh = q.view(b, sq, heads, d).transpose(1, 2).float()
+    kh = k.view(b, k.shape[1], heads, d).transpose(1, 2).float()
+    probs = torch.zeros(b, sq, k.shape[1], device=q.device)
+    for head in range(heads):  # one head at a time bounds the peak memory at b * sq * sk
+        probs += ((qh[:, head] @ kh[:, head].transpose(1, 2)) * (1 / math.sqrt(d))).softmax(dim=-1)
+    return probs / heads

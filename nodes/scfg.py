@@ -1,0 +1,289 @@
+"""S-CFG node (Shen et al., CVPR 2024, arXiv 2404.05384): attention capture on the UNet, and the
+guidance-stack term. Maths in guidance/scfg.py; capture modelled on core's nodes_sag.py."""
+
+import logging
+
+from comfy.ldm.modules.attention import SpatialTransformer, optimized_attention
+from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, UNetModel, Upsample
+
+from ..guidance import scfg
+from ..guidance.progress import SIGMA_POSITION
+from .patching import RUN_KEY, add_guidance_term
+
+log = logging.getLogger("dnp_guidance")
+CATEGORY = "DNP Guidance/S-CFG"
+CAPTURE_KEY = "scfg"
+LAYER_CHOICES = {
+    "auto (1/4 + 1/8)": (4, 8),
+    "1/4 + 1/8": (4, 8),
+    "1/4": (4,),
+    "1/8": (8,),
+    "1/2 + 1/4": (2, 4),
+    "all": None,
+}
+
+
+def attention_layers(unet) -> list:
+    """[(block_name, block_id, depth_index, ratio)] of every cross-attention transformer of a UNet;
+    ratio = latent side / map side (1, 2, 4, 8, ...)."""
+    layers, level = [], 0
+    for block_id, block in enumerate(unet.input_blocks):
+        if any(isinstance(m, Downsample) for m in block):
+            level += 1
+        layers += _transformers_in(block, "input", block_id, level)
+    layers += _transformers_in(unet.middle_block, "middle", 0, level)
+    for block_id, block in enumerate(unet.output_blocks):
+        layers += _transformers_in(block, "output", block_id, level)
+        if any(isinstance(m, Upsample) for m in block):
+            level -= 1
+    return layers
+
+
+def _transformers_in(block, name: str, block_id: int, level: int) -> list:
+    found = []
+    for module in block if block is not None else []:
+        if isinstance(module, SpatialTransformer):
+            found += [(name, block_id, depth, 2**level) for depth in range(len(module.transformer_blocks))]
+    return found
+
+
+def select_layers(layers: list, choice: str) -> list:
+    """The layers of the chosen map sizes; 'auto' falls back to the two coarsest sizes when a UNet
+    has no 1/4 or 1/8 layers (small or unusual UNets)."""
+    ratios = LAYER_CHOICES[choice]
+    available = sorted({ratio for *_, ratio in layers})
+    chosen = layers if ratios is None else [layer for layer in layers if layer[3] in ratios]
+    if not chosen and choice.startswith("auto"):
+        coarsest = available[-2:]
+        log.info(
+            "DNP Guidance: S-CFG found no 1/4 or 1/8 attention maps; using the 1/%s ones",
+            " and 1/".join(map(str, coarsest)),
+        )
+        chosen = [layer for layer in layers if layer[3] in coarsest]
+    if not chosen:
+        sizes = ", ".join(f"1/{r}" for r in available)
+        raise ValueError(f"S-CFG: this UNet has no attention maps at {choice} of the latent side; it has {sizes}.")
+    return chosen
+
+
+class ScfgCollector:
+    """Sums of processed maps per pass and map size during one evaluation; finalize() averages them."""
+
+    def __init__(self):
+        self.pending_self = {}
+        self.sums = ({}, {})  # uncond pass, cond pass: {(h, w): (sum, count)}
+
+    def add(self, pass_index: int, maps) -> None:
+        key = tuple(maps.shape[-2:])
+        summed, count = self.sums[pass_index].get(key, (0.0, 0))
+        self.sums[pass_index][key] = (summed + maps, count + 1)
+
+    def finalize(self):
+        if not self.sums[0] or not self.sums[1]:
+            return None
+        return scfg.average_layers(self.sums[0]), scfg.average_layers(self.sums[1])
+
+
+def passes(tensor, cond_or_uncond: list):
+    """(pass index, chunk) for each chunk of a batched tensor: 1 for cond chunks, 0 for uncond."""
+    for chunk, kind in zip(tensor.chunk(len(cond_or_uncond)), cond_or_uncond):
+        yield (1 if kind == 0 else 0), chunk
+
+
+def _attention(q, k, v, extra):
+    return optimized_attention(q, k, v, extra["n_heads"], attn_precision=extra.get("attn_precision"))
+
+
+def self_capture(key):
+    def attn1(q, k, v, extra):
+        run = extra.get(RUN_KEY)
+        if run is not None:
+            collector = run.captures.setdefault(CAPTURE_KEY, ScfgCollector())
+            probs = scfg.head_averaged_probs(q, k, extra["n_heads"])
+            for pass_index, chunk in passes(probs, extra["cond_or_uncond"]):
+                collector.pending_self[(key, pass_index)] = chunk
+        return _attention(q, k, v, extra)
+
+    return attn1
+
+
+def cross_capture(key, completion: str, self_completion: bool):
+    def attn2(q, k, v, extra):
+        run = extra.get(RUN_KEY)
+        if run is not None:
+            collector = run.captures.setdefault(CAPTURE_KEY, ScfgCollector())
+            h, w = extra["activations_shape"][-2:]
+            probs = scfg.head_averaged_probs(q, k, extra["n_heads"])  # (b, h*w, T)
+            for pass_index, chunk in passes(probs, extra["cond_or_uncond"]):
+                self_attn = collector.pending_self.pop((key, pass_index), None) if self_completion else None
+                collector.add(
+                    pass_index, scfg.process_layer(chunk.reshape(-1, h, w, chunk.shape[-1]), self_attn, completion)
+                )
+        return _attention(q, k, v, extra)
+
+    return attn2
+
+
+def unet_of(model):
+    unet = model.get_model_object("diffusion_model")
+    if not isinstance(unet, UNetModel) or not getattr(unet, "input_blocks", None):
+        raise ValueError(
+            f"S-CFG reads the cross-attention maps of a UNet (SD1.x, SD2.x, SDXL); this model's diffusion model is "
+            f"{type(unet).__name__} ({type(model.model).__name__}), which has no such maps. Use S-CFG with an "
+            "SD1.5 / SD2.x / SDXL checkpoint."
+        )
+    return unet
+
+
+def patch_capture(model, layers: list, completion: str, self_completion: bool) -> None:
+    replaced = model.model_options.get("transformer_options", {}).get("patches_replace", {})
+    for name, block_id, depth, _ in layers:
+        key = (name, block_id, depth)
+        clashes = [
+            kind
+            for kind in ("attn1", "attn2")
+            if key in replaced.get(kind, {}) or (name, block_id) in replaced.get(kind, {})
+        ]
+        if clashes:
+            log.warning(
+                "DNP Guidance: S-CFG replaces another node's %s patch at %s; apply S-CFG first to keep both.",
+                "/".join(clashes),
+                key,
+            )
+        if self_completion:
+            model.set_model_attn1_replace(self_capture(key), name, block_id, depth)
+        model.set_model_attn2_replace(cross_capture(key, completion, self_completion), name, block_id, depth)
+
+
+class SCFG:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (
+                    "MODEL",
+                    {"tooltip": "An SD1.x, SD2.x or SDXL model. Stacks with CFG Schedule and DNS Guidance."},
+                ),
+                "layers": (
+                    list(LAYER_CHOICES),
+                    {
+                        "default": "auto (1/4 + 1/8)",
+                        "tooltip": "Which attention maps segment the image, by map side relative to the latent side. "
+                        "The official code uses 1/4 and 1/8 (SD1.5 at 512 px: the 16x16 and 8x8 layers); auto "
+                        "falls back to the two coarsest sizes on UNets without them. More layers cost more time.",
+                    },
+                ),
+                "rate_min": (
+                    "FLOAT",
+                    {
+                        "default": scfg.RATE_MIN,
+                        "min": 0.0,
+                        "max": 10.0,
+                        "step": 0.05,
+                        "tooltip": "Lowest per-region factor on the guidance scale (code: 0.8).",
+                    },
+                ),
+                "rate_max": (
+                    "FLOAT",
+                    {
+                        "default": scfg.RATE_MAX,
+                        "min": 0.0,
+                        "max": 10.0,
+                        "step": 0.05,
+                        "tooltip": "Highest per-region factor (code: 3.0).",
+                    },
+                ),
+                "scale_cap": (
+                    "FLOAT",
+                    {
+                        "default": scfg.SCALE_CAP,
+                        "min": 0.0,
+                        "max": 100.0,
+                        "step": 0.5,
+                        "tooltip": "The factor never exceeds scale_cap / cfg, so no region is guided "
+                        "above this scale (cfg convention; code: 15).",
+                    },
+                ),
+                "start": (
+                    "FLOAT",
+                    {
+                        "default": 0.0,
+                        "min": 0.0,
+                        "max": 1.0,
+                        "step": 0.01,
+                        "tooltip": "Progress at which S-CFG starts (0 = first step).",
+                    },
+                ),
+                "end": (
+                    "FLOAT",
+                    {
+                        "default": 1.0,
+                        "min": 0.0,
+                        "max": 1.0,
+                        "step": 0.01,
+                        "tooltip": "Progress after which plain CFG resumes (1 = last step).",
+                    },
+                ),
+                "self_completion": (
+                    "BOOLEAN",
+                    {
+                        "default": True,
+                        "tooltip": "Complete the cross-attention maps with self-attention "
+                        "(A C) before segmenting, as the paper does. Off: cheaper, coarser regions.",
+                    },
+                ),
+                "completion": (
+                    list(scfg.COMPLETIONS),
+                    {
+                        "default": "code",
+                        "tooltip": "code: A = (S + 3 S^2)/4 as in the released code. "
+                        "paper: A = (S + S^2 + S^3 + S^4)/4 (R = 4).",
+                    },
+                ),
+                "reference": (
+                    list(scfg.REFERENCES),
+                    {
+                        "default": "uncond",
+                        "tooltip": "Which pass defines the reference region: uncond as in the released code, or cond.",
+                    },
+                ),
+            }
+        }
+
+    RETURN_TYPES = ("MODEL",)
+    OUTPUT_TOOLTIPS = ("The model with S-CFG on its guidance stack.",)
+    FUNCTION = "patch"
+    CATEGORY = CATEGORY
+    DESCRIPTION = (
+        "Semantic-aware CFG (Shen et al., CVPR 2024): at every step, segments the image into the regions of the "
+        "prompt's tokens from the UNet's cross- and self-attention, and rescales the guidance per region so that "
+        "every object gets the guidance strength of the main subject. Needs cfg > 1. SD1.x / SD2.x / SDXL."
+    )
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, rate_min, rate_max, start, end):
+        if rate_min > rate_max:
+            return f"S-CFG: rate_min ({rate_min}) must not exceed rate_max ({rate_max})"
+        if start > end:
+            return f"S-CFG: start ({start}) must not exceed end ({end})"
+        return True
+
+    def patch(self, model, layers, rate_min, rate_max, scale_cap, start, end, self_completion, completion, reference):
+        chosen = select_layers(attention_layers(unet_of(model)), layers)
+        term = scfg.scfg_term(
+            CAPTURE_KEY,
+            start,
+            end,
+            SIGMA_POSITION,
+            rate_min=rate_min,
+            rate_max=rate_max,
+            scale_cap=scale_cap,
+            reference=reference,
+        )
+        patched = add_guidance_term(model, term)
+        patch_capture(patched, chosen, completion, self_completion)
+        return (patched,)
+
+
+NODE_CLASS_MAPPINGS = {"DNPG_SCFG": SCFG}
+NODE_DISPLAY_NAME_MAPPINGS = {"DNPG_SCFG": "S-CFG"}

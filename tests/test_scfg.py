@@ -1,0 +1,191 @@
+"""guidance.scfg: masks and rates from hand-built attention maps (shared/reference/s-cfg.md)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from guidance.scfg import (
+    complete,
+    head_averaged_probs,
+    process_layer,
+    rate_from_maps,
+    reference_mask,
+    region_masks,
+    scfg_rate,
+)
+
+T = 4  # tokens: start, "fox", "snow", end
+
+
+def reference_smooth(rate: np.ndarray) -> np.ndarray:
+    """The code's 3x3 kernel exp(-x^2) (sigma 0.5) with reflect padding, written out with numpy."""
+    k1 = np.exp(-np.array([1.0, 0.0, 1.0]))
+    kernel = np.outer(k1, k1) / np.outer(k1, k1).sum()
+    padded = np.pad(rate, 1, mode="reflect")
+    out = np.zeros_like(rate)
+    for i in range(rate.shape[0]):
+        for j in range(rate.shape[1]):
+            out[i, j] = (padded[i : i + 3, j : j + 3] * kernel).sum()
+    return out
+
+
+def two_region_maps(h=4, w=6, batch=1):
+    """Cross maps (2, B, h, w, T): the left half attends 'fox', the right half 'snow'.
+
+    The start token is weak everywhere.
+    """
+    cross = torch.full((2, batch, h, w, T), 0.01)
+    cross[:, :, :, : w // 2, 1] = 0.9
+    cross[:, :, :, w // 2 :, 2] = 0.9
+    return cross
+
+
+def delta_with_norms(left: float, right: float, h=8, w=12, batch=1, channels=4):
+    """delta whose per-pixel channel L2 norm is `left` on the left half and `right` on the right."""
+    delta = torch.zeros(batch, channels, h, w)
+    delta[:, 0, :, : w // 2] = left
+    delta[:, 0, :, w // 2 :] = right
+    return delta
+
+
+def test_region_masks_are_the_argmax_token():
+    maps = torch.zeros(1, T, 2, 2)
+    maps[0, 1, 0, :] = 1.0
+    maps[0, 2, 1, :] = 1.0
+    masks = region_masks(maps)
+    assert torch.equal(masks[0, 1], torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
+    assert torch.equal(masks[0, 2], torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
+    assert torch.equal(masks.sum(dim=1), torch.ones(1, 2, 2))
+
+
+def test_reference_is_where_start_token_is_below_the_others():
+    maps = torch.zeros(1, T, 1, 2)
+    maps[0, 0] = torch.tensor([[1.0, 5.0]])
+    maps[0, 1] = torch.tensor([[2.0, 2.0]])
+    assert torch.equal(reference_mask(maps), torch.tensor([[[[1.0, 0.0]]]]))
+
+
+def designed_maps(h=4, w=6):
+    """Processed maps (uncond, cond) with known regions: cond assigns the left half to 'fox' and the
+    right half to 'snow'; in the uncond pass the start token outweighs the others on the right only,
+    so the reference region is the left half."""
+    cond = torch.zeros(1, T, h, w)
+    cond[0, 1, :, : w // 2] = 1.0
+    cond[0, 2, :, w // 2 :] = 1.0
+    uncond = torch.ones(1, T, h, w)
+    uncond[0, 0, :, : w // 2] = 0.0
+    uncond[0, 0, :, w // 2 :] = 10.0
+    return uncond, cond
+
+
+def test_rates_from_hand_built_regions():
+    """Reference = left (|delta| 1); 'fox' region = left: rate 1; 'snow' region = right (|delta| 2):
+    rate 1/2, clamped to 0.8; then smoothed."""
+    rate = rate_from_maps(delta_with_norms(1.0, 2.0), *designed_maps(), 7.0)
+    painted = np.ones((8, 12))
+    painted[:, 6:] = 0.8
+    assert rate.shape == (1, 1, 8, 12)
+    np.testing.assert_allclose(rate[0, 0].numpy(), reference_smooth(painted), rtol=1e-5)
+
+
+def test_a_region_with_weaker_guidance_is_boosted_up_to_the_clamp():
+    rate = rate_from_maps(delta_with_norms(1.0, 0.25), *designed_maps(), 4.0)  # 15 / 4 > 3: no cap
+    painted = np.ones((8, 12))
+    painted[:, 6:] = 3.0  # 1 / 0.25 = 4, clamped to 3
+    np.testing.assert_allclose(rate[0, 0].numpy(), reference_smooth(painted), rtol=1e-5)
+
+
+def test_scale_cap_limits_the_rate_to_15_over_g():
+    rate = rate_from_maps(delta_with_norms(1.0, 0.25), *designed_maps(), 10.0)
+    assert rate.max().item() <= 1.5 + 1e-6
+    assert rate[0, 0, :, -1].min().item() == pytest.approx(1.5)
+
+
+def test_uniform_delta_gives_rate_one_everywhere():
+    torch.manual_seed(0)
+    cross = torch.rand(2, 1, 4, 6, T).softmax(-1)
+    self_attn = torch.rand(2, 1, 24, 24).softmax(-1)
+    rate = scfg_rate(torch.ones(1, 4, 8, 12), [(cross, self_attn)], 7.0)
+    assert torch.allclose(rate, torch.ones_like(rate), atol=1e-6)
+
+
+def test_eps_and_x0_deltas_give_the_same_rate():
+    """D = x - sigma eps, so delta_x0 = -sigma delta_eps: ratios of norms do not change."""
+    torch.manual_seed(1)
+    cross, self_attn = torch.rand(2, 1, 4, 6, T).softmax(-1), torch.rand(2, 1, 24, 24).softmax(-1)
+    delta_eps = torch.randn(1, 4, 8, 12)
+    rate_eps = scfg_rate(delta_eps, [(cross, self_attn)], 7.0)
+    rate_x0 = scfg_rate(-3.7 * delta_eps, [(cross, self_attn)], 7.0)
+    assert torch.allclose(rate_eps, rate_x0, atol=1e-5)
+
+
+def test_batch_of_two_non_square_with_two_map_sizes():
+    torch.manual_seed(2)
+    fine = (torch.rand(2, 2, 4, 6, T).softmax(-1), torch.rand(2, 2, 24, 24).softmax(-1))
+    coarse = (torch.rand(2, 2, 2, 3, T).softmax(-1), torch.rand(2, 2, 6, 6).softmax(-1))
+    rate = scfg_rate(torch.randn(2, 4, 16, 24), [fine, coarse], 7.0)
+    assert rate.shape == (2, 1, 16, 24)
+    assert rate.min() >= 0.8 - 1e-6 and rate.max() <= 3.0 + 1e-6
+
+
+def test_scfg_rate_segments_hand_built_attention_end_to_end():
+    """From raw cross maps: the left half attends 'fox', the right half 'snow' (distinct regions),
+    so a weaker |delta| on the right raises the rate there."""
+    rate = scfg_rate(delta_with_norms(1.0, 0.5), [(two_region_maps(), None)], 7.0, self_completion=False)
+    assert rate[0, 0, :, -1].mean() > rate[0, 0, :, 0].mean()
+
+
+def test_batch_entries_are_independent():
+    layers = [(two_region_maps(batch=2), None)]
+    delta = torch.cat([delta_with_norms(1.0, 0.5), delta_with_norms(1.0, 1.0)])
+    rate = scfg_rate(delta, layers, 7.0, self_completion=False)
+    assert not torch.allclose(rate[0], rate[1])
+    assert torch.allclose(rate[1], torch.ones_like(rate[1]), atol=1e-6)
+
+
+def test_completion_code_and_paper():
+    s = torch.rand(1, 5, 5).softmax(-1)
+    assert torch.allclose(complete(s, "code"), (s + 3 * s @ s) / 4)
+    assert torch.allclose(complete(s, "paper"), (s + s @ s + s @ s @ s + s @ s @ s @ s) / 4, atol=1e-6)
+    eye = torch.eye(5)[None]
+    assert torch.allclose(complete(eye, "code"), eye)
+
+
+def test_processed_maps_have_unit_spatial_mean():
+    maps = process_layer(torch.rand(1, 4, 6, T), torch.rand(1, 24, 24).softmax(-1))
+    assert maps.shape == (1, T, 4, 6)
+    assert torch.allclose(maps.mean(dim=(2, 3)), torch.ones(1, T), atol=1e-5)
+
+
+def test_reference_from_cond_option():
+    cross = two_region_maps()
+    cross[1, :, :, :, 0] = 0.0  # cond pass: start token nowhere, so the reference is everything
+    rate = rate_from_maps(
+        delta_with_norms(1.0, 2.0), process_layer(cross[0]), process_layer(cross[1]), 7.0, reference="cond"
+    )
+    painted = np.where(np.arange(12) < 6, 1.5 / 1.0, 1.5 / 2.0) * np.ones((8, 12))
+    np.testing.assert_allclose(rate[0, 0].numpy(), reference_smooth(np.clip(painted, 0.8, 3.0)), rtol=1e-5)
+
+
+def test_head_averaged_probs_match_per_head_softmax():
+    torch.manual_seed(3)
+    q, k = torch.randn(2, 6, 8), torch.randn(2, 5, 8)
+    probs = head_averaged_probs(q, k, heads=2)
+    manual = (
+        sum(
+            ((q[..., h * 4 : h * 4 + 4] @ k[..., h * 4 : h * 4 + 4].transpose(1, 2)) / math.sqrt(4)).softmax(-1)
+            for h in range(2)
+        )
+        / 2
+    )
+    assert torch.allclose(probs, manual, atol=1e-6)
+    assert torch.allclose(probs.sum(-1), torch.ones(2, 6), atol=1e-6)
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ValueError, match="valid: code, paper"):
+        complete(torch.eye(2)[None], "fancy")
+    with pytest.raises(ValueError, match="valid: uncond, cond"):
+        rate_from_maps(torch.ones(1, 4, 2, 2), torch.ones(1, T, 2, 2), torch.ones(1, T, 2, 2), 7.0, reference="both")

@@ -1,0 +1,146 @@
+"""S-CFG in real ComfyUI sampling: tiny SD1.5 checkpoint and a small SDXL UNet built in memory."""
+
+import comfy_api_helpers as helpers
+import pytest
+import torch
+
+S0 = 7.0
+DEFAULTS = dict(
+    layers="auto (1/4 + 1/8)",
+    rate_min=0.8,
+    rate_max=3.0,
+    scale_cap=15.0,
+    start=0.0,
+    end=1.0,
+    self_completion=True,
+    completion="code",
+    reference="uncond",
+)
+
+
+def scfg(comfy, model, **changes):
+    return comfy.pack.nodes.scfg.SCFG().patch(model, **{**DEFAULTS, **changes})[0]
+
+
+def separate_passes(model):
+    """A clone on which ComfyUI evaluates cond and uncond in two UNet calls (a real sampler hook)."""
+    import comfy.samplers
+
+    clone = model.clone()
+
+    def one_at_a_time(args):
+        outputs = []
+        for index in range(len(args["conds"])):
+            only = [c if i == index else None for i, c in enumerate(args["conds"])]  # keeps cond / uncond roles
+            out = comfy.samplers.calc_cond_batch(
+                args["model"], only, args["input"], args["sigma"], args["model_options"]
+            )
+            outputs.append(out[index])
+        return outputs
+
+    clone.model_options["sampler_calc_cond_batch_function"] = one_at_a_time
+    return clone
+
+
+def test_scfg_samples_and_differs_from_plain_cfg(comfy, tiny):
+    out = helpers.ksample(comfy, tiny, scfg(comfy, tiny.model))
+    assert torch.isfinite(out).all()
+    assert not torch.allclose(out, helpers.ksample(comfy, tiny, tiny.model), atol=1e-2)
+
+
+def test_scfg_with_rate_forced_to_one_equals_plain_cfg(comfy, tiny):
+    forced = helpers.ksample(comfy, tiny, scfg(comfy, tiny.model, rate_min=1.0, rate_max=1.0))
+    assert helpers.same_sample(forced, helpers.ksample(comfy, tiny, tiny.model))
+
+
+def same_guidance(a, b, plain) -> bool:
+    """a and b agree to within 1% of S-CFG's own effect (|a - plain|). Float rounding of a different
+    batch layout can flip the argmax token of a few near-tie pixels of a random model."""
+    return (a - b).abs().max() < 0.01 * (a - plain).abs().max()
+
+
+def test_batched_and_separate_cond_uncond_passes_agree(comfy, tiny):
+    """Two steps: later steps of this random model amplify rounding differences chaotically."""
+    model = scfg(comfy, tiny.model)
+    batched = helpers.ksample(comfy, tiny, model, steps=2)
+    separate = helpers.ksample(comfy, tiny, separate_passes(model), steps=2)
+    assert same_guidance(batched, separate, helpers.ksample(comfy, tiny, tiny.model, steps=2))
+
+
+def test_batch_of_two_non_square_latents(comfy, tiny):
+    latent = torch.zeros(2, 4, 16, 24)
+    out = helpers.ksample(comfy, tiny, scfg(comfy, tiny.model), latent=latent)
+    assert out.shape == (2, 4, 16, 24) and torch.isfinite(out).all()
+
+
+def test_nothing_is_retained_after_sampling(comfy, tiny):
+    model = scfg(comfy, tiny.model)
+    helpers.ksample(comfy, tiny, model)
+    assert "dnp_guidance_run" not in model.model_options
+    assert "dnp_guidance_run" not in model.model_options.get("transformer_options", {})
+    assert "patches_replace" not in tiny.model.model_options.get("transformer_options", {})
+
+
+def test_cfg_one_is_a_clear_error(comfy, tiny):
+    with pytest.raises(ValueError, match="Set the sampler's cfg above 1"):
+        helpers.ksample(comfy, tiny, scfg(comfy, tiny.model), cfg=1.0)
+
+
+def test_scfg_stacks_with_schedule_and_dns_in_any_order(comfy, tiny, empty):
+    schedule = comfy.pack.nodes.schedule.CFGSchedule().patch
+    dns = comfy.pack.nodes.dns.DNSGuidance().patch
+
+    def chain(model, order):
+        for step in order:
+            model = {
+                "schedule": lambda m: schedule(m, "cosine", "sigma position", 2.0, 2.0, 0.28, 5.42)[0],
+                "scfg": lambda m: scfg(comfy, m),
+                "dns": lambda m: dns(m, 0.0)[0],
+            }[step](model)
+        return model
+
+    a = helpers.ksample(
+        comfy, tiny, chain(tiny.model, ["schedule", "scfg", "dns"]), positive=tiny.positive, negative=empty
+    )
+    b = helpers.ksample(
+        comfy, tiny, chain(tiny.model, ["dns", "scfg", "schedule"]), positive=tiny.positive, negative=empty
+    )
+    assert torch.isfinite(a).all() and helpers.same_sample(a, b)
+
+
+def test_explicit_layer_choice_missing_on_this_unet_is_explained(comfy, tiny):
+    with pytest.raises(ValueError, match="no attention maps at 1/8 of the latent side; it has 1/1, 1/2"):
+        scfg(comfy, tiny.model, layers="1/8")
+
+
+def test_sdxl_unet_samples_with_scfg(comfy):
+    import tiny_models
+
+    model, positive, negative = tiny_models.sdxl()
+    layers = comfy.pack.nodes.scfg.select_layers(
+        comfy.pack.nodes.scfg.attention_layers(model.get_model_object("diffusion_model")), "auto (1/4 + 1/8)"
+    )
+    assert {ratio for *_, ratio in layers} == {4}
+
+    def sample(m, latent=None):
+        lat = {"samples": torch.zeros(1, 4, 16, 16) if latent is None else latent}
+        return comfy.nodes.common_ksampler(m, 1, 3, S0, "euler", "normal", positive, negative, lat)[0]["samples"]
+
+    plain, guided = sample(model), sample(scfg(comfy, model))
+    assert torch.isfinite(guided).all() and not torch.allclose(plain, guided, atol=1e-2)
+    assert helpers.same_sample(sample(scfg(comfy, model, rate_min=1.0, rate_max=1.0)), plain)
+    assert same_guidance(sample(separate_passes(scfg(comfy, model))), guided, plain)
+
+
+def test_non_unet_model_is_refused_naming_the_supported_families(comfy):
+    import tiny_models
+
+    with pytest.raises(ValueError, match="SD1.x, SD2.x, SDXL"):
+        scfg(comfy, tiny_models.sd3())
+
+
+def test_validate_inputs(comfy):
+    node = comfy.pack.nodes.scfg.SCFG
+    assert "rate_min" in node.VALIDATE_INPUTS(rate_min=2.0, rate_max=1.0, start=0.0, end=1.0)
+    assert "start" in node.VALIDATE_INPUTS(rate_min=0.8, rate_max=3.0, start=0.9, end=0.1)
+    assert node.VALIDATE_INPUTS(rate_min=0.8, rate_max=3.0, start=0.0, end=1.0) is True

@@ -1,0 +1,73 @@
+"""Small SDXL- and SD3-architecture models built in memory from ComfyUI's own classes (random weights)."""
+
+import comfy.model_patcher
+import comfy.supported_models
+import torch
+
+SDXL_UNET = dict(
+    in_channels=4,
+    out_channels=4,
+    model_channels=64,
+    num_res_blocks=[1, 1, 1],
+    channel_mult=[1, 2, 4],
+    transformer_depth=[0, 1, 1],
+    transformer_depth_output=[0, 0, 1, 1, 1, 1],
+    transformer_depth_middle=1,
+    context_dim=2048,
+    num_head_channels=32,
+    num_heads=-1,
+    adm_in_channels=2816,
+    use_linear_in_transformer=True,
+    use_spatial_transformer=True,
+    legacy=False,
+    num_classes="sequential",
+    image_size=32,
+    use_temporal_attention=False,
+    use_temporal_resblock=False,
+)
+SD3_MMDIT = dict(
+    in_channels=16,
+    patch_size=2,
+    depth=2,
+    pos_embed_max_size=16,
+    adm_in_channels=64,
+    num_patches=256,
+    pos_embed_scaling_factor=None,
+    context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": 64, "out_features": 128}},
+)
+
+
+def randomise_(module: torch.nn.Module, seed: int = 0) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if param.ndim > 1:
+                param.copy_(torch.randn(param.shape, generator=generator) / param[0].numel() ** 0.5)
+            else:
+                param.fill_(0.0 if name.endswith("bias") else 1.0)
+
+
+def patcher(model_config) -> comfy.model_patcher.ModelPatcher:
+    model = model_config.get_model({})
+    randomise_(model)
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+
+def sdxl():
+    """(model, positive, negative): a 3-level SDXL UNet (attention at 1/2 and 1/4) and random conds."""
+    generator = torch.Generator().manual_seed(1)
+
+    def cond():
+        return [
+            [
+                torch.randn(1, 77, 2048, generator=generator),
+                {"pooled_output": torch.randn(1, 1280, generator=generator)},
+            ]
+        ]
+
+    return patcher(comfy.supported_models.SDXL(SDXL_UNET)), cond(), cond()
+
+
+def sd3():
+    return patcher(comfy.supported_models.SD3(SD3_MMDIT))
