@@ -30,7 +30,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .stack import PHASE_RATE, GuidanceState, GuidanceTerm
+from .stack import PHASE_RATE, GuidanceState, GuidanceTerm, broadcast_scale
 
 RATE_MIN, RATE_MAX, SCALE_CAP = 0.8, 3.0, 15.0
 COMPLETIONS = ("code", "paper")
@@ -159,11 +159,17 @@ def scfg_rate(delta: torch.Tensor, layers: list, cfg_scale, **options) -> torch.
 
 
 def scfg_term(
-    capture_key: str, start: float = 0.0, end: float = 1.0, progress_source: str = "sigma position", **options
+    capture_key: str,
+    start: float = 0.0,
+    end: float = 1.0,
+    progress_source: str = "sigma position",
+    observer=None,
+    **options,
 ) -> GuidanceTerm:
     """The RATE-phase term: s <- s * rate per pixel while start <= tau <= end (rate 1 elsewhere).
 
     The glue puts the step's averaged maps in state.captures[capture_key] = (uncond_maps, cond_maps).
+    observer(state, uncond_maps, cond_maps, rate), if given, sees every evaluation (for visualisation).
     """
     if not 0.0 <= start <= end <= 1.0:
         raise ValueError(f"S-CFG needs 0 <= start <= end <= 1, got start={start}, end={end}")
@@ -178,14 +184,13 @@ def scfg_term(
         rate = rate_from_maps(state.cond - state.uncond, captured[0], captured[1], state.scale, **options)
         tau = state.progress[progress_source].to(rate).view(-1, 1, 1, 1)
         rate = torch.where((tau >= start) & (tau <= end), rate, torch.ones_like(rate))
-        scale = (
-            state.scale.view(-1, 1, 1, 1)
-            if isinstance(state.scale, torch.Tensor) and state.scale.ndim == 1
-            else state.scale
-        )
-        return state.edit(scale=scale * rate)
+        if observer is not None:
+            observer(state, captured[0], captured[1], rate)
+        return state.edit(scale=broadcast_scale(state.scale, rate) * rate)
 
-    return GuidanceTerm("scfg", PHASE_RATE, apply, f"S-CFG (tau {start:g}-{end:g})", requires=("uncond_pass",))
+    params = dict(capture_key=capture_key, start=start, end=end, progress_source=progress_source, **options)
+    description = f"S-CFG (tau {start:g}-{end:g})"
+    return GuidanceTerm("scfg", PHASE_RATE, apply, description, requires=("uncond_pass",), params=params)
 
 
 def head_averaged_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:

@@ -62,7 +62,8 @@ class GuidanceTerm:
 
     `requires` names run-level preconditions the ComfyUI glue checks once before sampling:
     "uncond_pass" (a sampler cfg of 1 would make the term meaningless) and "distinct_prompts"
-    (the positive and negative conditioning must differ).
+    (the positive and negative conditioning must differ). `params` are the arguments the term was
+    built with, so a node can rebuild it (e.g. with an observer).
     """
 
     name: str
@@ -70,6 +71,7 @@ class GuidanceTerm:
     apply: Callable[[GuidanceState], GuidanceState]
     description: str = ""
     requires: tuple = ()
+    params: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

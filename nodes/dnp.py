@@ -99,12 +99,17 @@ class CaptionImage:
         return {"ui": {"text": captions}, "result": ("; ".join(captions), captions)}
 
 
+def clip_tokenizer(clip):
+    """The ComfyUI tokenizer of a CLIP's text encoders with the tightest limit (SD1: clip_l; SDXL: l/g)."""
+    inner = [t for t in vars(clip.tokenizer).values() if hasattr(t, "tokenizer") and hasattr(t, "max_length")]
+    return min(inner, key=lambda t: t.max_length) if inner else None
+
+
 def clip_token_counter(clip):
     """count(text) -> tokens of the CLIP tokenizer (the tightest of its encoders), and its limit."""
-    inner = [t for t in vars(clip.tokenizer).values() if hasattr(t, "tokenizer") and hasattr(t, "max_length")]
-    if not inner:
+    tokenizer = clip_tokenizer(clip)
+    if tokenizer is None:
         return None, 0
-    tokenizer = min(inner, key=lambda t: t.max_length)
 
     def count(text: str) -> int:
         return len(tokenizer.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -3,12 +3,17 @@ guidance-stack term. Maths in guidance/scfg.py; capture modelled on core's nodes
 
 import logging
 
+import comfy.samplers
+import nodes as comfy_nodes
+import torch.nn.functional as F
 from comfy.ldm.modules.attention import SpatialTransformer, optimized_attention
 from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, UNetModel, Upsample
 
 from ..guidance import scfg
 from ..guidance.progress import SIGMA_POSITION
-from .patching import RUN_KEY, add_guidance_term
+from .dnp import clip_tokenizer
+from .patching import RUN_KEY, add_guidance_term, guidance_stack
+from .plotting import regions_panel
 
 log = logging.getLogger("dnp_guidance")
 CATEGORY = "DNP Guidance/S-CFG"
@@ -285,5 +290,123 @@ class SCFG:
         return (patched,)
 
 
-NODE_CLASS_MAPPINGS = {"DNPG_SCFG": SCFG}
-NODE_DISPLAY_NAME_MAPPINGS = {"DNPG_SCFG": "S-CFG"}
+def token_labels(clip, prompt: str) -> dict:
+    """Token position -> text for the legend (position 0 is the start token)."""
+    labels = {0: "<start>"}
+    tokenizer = clip_tokenizer(clip) if clip is not None else None
+    if tokenizer is None or not prompt.strip():
+        return labels
+    words = tokenizer.tokenizer.tokenize(prompt)
+    labels.update({i + 1: word.replace("</w>", "") for i, word in enumerate(words)})
+    labels.update({i: "<end>" for i in range(len(words) + 1, tokenizer.max_length)})  # end token pads the rest
+    return labels
+
+
+class SCFGRegions:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "A model patched by S-CFG."}),
+                "positive": ("CONDITIONING", {"tooltip": "The sampler's positive."}),
+                "negative": ("CONDITIONING", {"tooltip": "The sampler's negative."}),
+                "latent_image": ("LATENT", {"tooltip": "The sampler's latent."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "The sampler's seed."}),
+                "steps": ("INT", {"default": 20, "min": 1, "max": 10000, "tooltip": "The sampler's steps."}),
+                "cfg": (
+                    "FLOAT",
+                    {
+                        "default": 7.0,
+                        "min": 0.0,
+                        "max": 100.0,
+                        "step": 0.1,
+                        "tooltip": "The sampler's cfg (ComfyUI convention).",
+                    },
+                ),
+                "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {"tooltip": "The sampler's sampler."}),
+                "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"tooltip": "The sampler's scheduler."}),
+                "step": (
+                    "INT",
+                    {
+                        "default": 10,
+                        "min": 0,
+                        "max": 10000,
+                        "tooltip": "Which step to show (0 = first); clamped to the last step.",
+                    },
+                ),
+            },
+            "optional": {
+                "clip": ("CLIP", {"tooltip": "Optional: the text encoder, to name the tokens in the legend."}),
+                "prompt": (
+                    "STRING",
+                    {
+                        "default": "",
+                        "multiline": True,
+                        "tooltip": "Optional: the positive prompt's text, for the legend.",
+                    },
+                ),
+            },
+        }
+
+    RETURN_TYPES = ("IMAGE",)
+    OUTPUT_TOOLTIPS = ("Regions of the first image (colour per token, reference lighter) and its rate map.",)
+    FUNCTION = "show"
+    CATEGORY = CATEGORY
+    DESCRIPTION = (
+        "Shows what S-CFG does at one step: runs the sampler up to that step and draws the semantic regions "
+        "(one colour per prompt token, the reference region lighter) and the per-pixel guidance rate. Give it "
+        "the same inputs as your KSampler."
+    )
+
+    def show(
+        self,
+        model,
+        positive,
+        negative,
+        latent_image,
+        seed,
+        steps,
+        cfg,
+        sampler_name,
+        scheduler,
+        step,
+        clip=None,
+        prompt="",
+    ):
+        stack = guidance_stack(model)
+        if not stack.has("scfg"):
+            raise ValueError("S-CFG Regions: the model has no S-CFG. Connect the MODEL output of an S-CFG node.")
+        seen = {}
+
+        def observe(state, uncond_maps, cond_maps, rate):
+            seen.update(cond=cond_maps[0], uncond=uncond_maps[0], rate=rate[0, 0], sigma=state.sigma[0])
+
+        params = dict(stack.get("scfg").params)
+        observed = add_guidance_term(model, scfg.scfg_term(observer=observe, **params))
+        last = min(step, steps - 1)
+        comfy_nodes.common_ksampler(
+            observed,
+            seed,
+            steps,
+            cfg,
+            sampler_name,
+            scheduler,
+            positive,
+            negative,
+            latent_image,
+            last_step=last + 1,
+            force_full_denoise=False,
+        )
+        size = tuple(seen["rate"].shape)
+        masks = scfg.region_masks(seen["cond"][None])
+        reference_maps = seen["uncond"] if params.get("reference", "uncond") == "uncond" else seen["cond"]
+        reference = scfg.reference_mask(reference_maps[None])
+        token_index = F.interpolate(masks, size=size, mode="nearest")[0].argmax(dim=0).cpu().numpy()
+        reference = F.interpolate(reference, size=size, mode="nearest")[0, 0].cpu().numpy()
+        title = f"S-CFG step {last} of {steps} (sigma {float(seen['sigma']):.3f})"
+        rate = seen["rate"].float().cpu().numpy()
+        return (regions_panel(token_index, reference, rate, token_labels(clip, prompt), title),)
+
+
+NODE_CLASS_MAPPINGS = {"DNPG_SCFG": SCFG, "DNPG_SCFGRegions": SCFGRegions}
+NODE_DISPLAY_NAME_MAPPINGS = {"DNPG_SCFG": "S-CFG", "DNPG_SCFGRegions": "S-CFG Regions"}

@@ -124,14 +124,14 @@ def dns_branch(graph: Graph, checkpoint, pos, empty, latent, y: int = 60):
     return decoded
 
 
-def final_branch(graph: Graph, checkpoint, pos, neg, latent, pos_xy: tuple, prefix: str, title: str):
-    """KSampler (p, n*) -> VAE Decode -> Save Image, at the same seed as the DNS run."""
+def final_branch(graph: Graph, checkpoint, pos, neg, latent, pos_xy: tuple, prefix: str, title: str, model=None):
+    """KSampler -> VAE Decode -> Save Image at seed 42 (the seed of every sampler in the shipped graphs)."""
     x, y = pos_xy
     sampler = graph.add(
         "KSampler",
         (x, y),
         title=title,
-        model=checkpoint.out("MODEL"),
+        model=model or checkpoint.out("MODEL"),
         positive=pos,
         negative=neg,
         latent_image=latent.out(0),
@@ -279,11 +279,68 @@ def dnp_auto_compare(object_info: dict) -> dict:
     return graph.to_json()
 
 
+def scfg_compare(object_info: dict) -> dict:
+    graph = Graph(object_info)
+    checkpoint, pos, neg, latent = text_to_image_base(graph, FOX, "blurry, low quality")
+    patched = graph.add(
+        "DNPG_SCFG",
+        (800, 480),
+        size=(340, 300),
+        model=checkpoint.out("MODEL"),
+        layers="auto (1/4 + 1/8)",
+        rate_min=0.8,
+        rate_max=3.0,
+        scale_cap=15.0,
+        start=0.0,
+        end=1.0,
+        self_completion=True,
+        completion="code",
+        reference="uncond",
+    )
+    final_branch(
+        graph, checkpoint, pos.out(0), neg.out(0), latent, (1180, 60), "dnpg_plain_cfg", "KSampler (plain CFG)"
+    )
+    final_branch(
+        graph, checkpoint, pos.out(0), neg.out(0), latent, (1180, 520), "dnpg_scfg", "KSampler (S-CFG)", patched.out(0)
+    )
+    regions = graph.add(
+        "DNPG_SCFGRegions",
+        (800, 820),
+        size=(340, 360),
+        model=patched.out(0),
+        positive=pos.out(0),
+        negative=neg.out(0),
+        latent_image=latent.out(0),
+        seed=42,
+        steps=20,
+        cfg=7.0,
+        sampler_name="euler",
+        scheduler="normal",
+        step=10,
+        clip=checkpoint.out("CLIP"),
+        prompt=FOX,
+    )
+    graph.add("PreviewImage", (1180, 980), title="S-CFG regions and rate", size=(560, 480), images=regions.out(0))
+    graph.add(
+        "Note",
+        (20, 320),
+        size=(340, 300),
+        text="S-CFG (Shen et al., CVPR 2024) vs plain CFG, same seed\n\n"
+        "S-CFG splits the image into the regions of the prompt's tokens (from the UNet's attention maps) at "
+        "every step and rescales the guidance per region, so every object gets about the guidance strength "
+        "of the main subject.\n\n"
+        "S-CFG Regions shows the regions and the rate at one step (set 'step'); give it the KSampler's inputs "
+        "and the prompt text for the legend. Needs cfg > 1; SD1.x, SD2.x, SDXL.",
+    )
+    return graph.to_json()
+
+
 WORKFLOWS = {
     "cfg_schedule.json": cfg_schedule,
     "dnp_manual.json": dnp_manual,
     "dnp_auto.json": dnp_auto,
     "dnp_auto_compare.json": dnp_auto_compare,
+    "scfg.json": scfg_compare,
 }
 
 

@@ -17,6 +17,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.getcwd())
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import comfy.cli_args  # noqa: E402
 
@@ -74,11 +75,24 @@ def build_state_dict(seed: int) -> dict:
     return state
 
 
+def write_sd3(path: str) -> None:
+    """A tiny SD3-architecture diffusion model for UNETLoader (models/diffusion_models/)."""
+    import tiny_models
+
+    unet = tiny_models.sd3().model.diffusion_model
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_file({k: v.to(torch.float16).contiguous() for k, v in unet.state_dict().items()}, path)
+    print(f"wrote {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sd3-out", help="also write a tiny SD3 (MMDiT) diffusion model here (a non-UNet family)")
     args = parser.parse_args()
+    if args.sd3_out:
+        write_sd3(args.sd3_out)
     state = build_state_dict(args.seed)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     tmp = args.out + ".partial"

@@ -59,11 +59,12 @@ link_pack() {
 }
 
 write_model_paths() {
-  mkdir -p "$MODELS"/{checkpoints,captioners,clip_vision}
+  mkdir -p "$MODELS"/{checkpoints,diffusion_models,captioners,clip_vision}
   cat >"$DNPG_HOME/extra_model_paths.yaml" <<YAML
 dnp_guidance_test:
     base_path: $MODELS
     checkpoints: checkpoints
+    diffusion_models: diffusion_models
     captioners: captioners
     clip_vision: clip_vision
 YAML
@@ -72,10 +73,11 @@ YAML
 build_tiny_checkpoint() {
   local ckpt="$MODELS/checkpoints/dnpg_tiny_sd15.safetensors" recipe="$PACK_DIR/scripts/make_tiny_checkpoint.py"
   local want
-  want="$(sha256sum "$recipe" | cut -c1-16)"
+  want="$(cat "$recipe" "$PACK_DIR/scripts/tiny_models.py" | sha256sum | cut -c1-16)"
   if [[ ! -f "$ckpt" || "$(cat "$ckpt.recipe" 2>/dev/null)" != "$want" ]]; then
     log "building the tiny random SD1.5 checkpoint at $ckpt"
-    (cd "$COMFY" && "$VENV/bin/python" "$recipe" --out "$ckpt" >&2)
+    (cd "$COMFY" && "$VENV/bin/python" "$recipe" --out "$ckpt" \
+      --sd3-out "$MODELS/diffusion_models/dnpg_tiny_sd3.safetensors" >&2)
     echo "$want" >"$ckpt.recipe"
   fi
 }

@@ -144,3 +144,39 @@ def test_validate_inputs(comfy):
     assert "rate_min" in node.VALIDATE_INPUTS(rate_min=2.0, rate_max=1.0, start=0.0, end=1.0)
     assert "start" in node.VALIDATE_INPUTS(rate_min=0.8, rate_max=3.0, start=0.9, end=0.1)
     assert node.VALIDATE_INPUTS(rate_min=0.8, rate_max=3.0, start=0.0, end=1.0) is True
+
+
+def test_regions_node_draws_regions_rate_and_legend(comfy, tiny):
+    node = comfy.pack.nodes.scfg.SCFGRegions()
+    latent = {"samples": torch.zeros(1, 4, 16, 24)}
+    image = node.show(
+        scfg(comfy, tiny.model),
+        tiny.positive,
+        tiny.negative,
+        latent,
+        1,
+        4,
+        S0,
+        "euler",
+        "normal",
+        2,
+        tiny.clip,
+        "a photo of a red fox in the snow",
+    )[0]
+    assert image.ndim == 4 and image.shape[0] == 1 and image.shape[-1] == 3
+    assert image.shape[2] > image.shape[1]  # two panels side by side
+    assert 0.0 <= image.min() and image.max() <= 1.0 and image.std() > 0.05
+
+
+def test_regions_node_explains_a_model_without_scfg(comfy, tiny):
+    latent = {"samples": torch.zeros(1, 4, 16, 16)}
+    with pytest.raises(ValueError, match="Connect the MODEL output of an S-CFG node"):
+        comfy.pack.nodes.scfg.SCFGRegions().show(
+            tiny.model, tiny.positive, tiny.negative, latent, 1, 4, S0, "euler", "normal", 2
+        )
+
+
+def test_token_labels_follow_the_clip_tokenizer(comfy, tiny):
+    labels = comfy.pack.nodes.scfg.token_labels(tiny.clip, "a red fox")
+    assert [labels[i] for i in range(5)] == ["<start>", "a", "red", "fox", "<end>"]
+    assert labels[76] == "<end>"

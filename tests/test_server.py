@@ -123,3 +123,31 @@ def test_runtime_error_is_reported_and_the_server_runs_the_next_prompt(server):
     fixed = copy.deepcopy(schedule_prompt(server))
     node_of_type(fixed, "KSampler")["inputs"]["seed"] = 7
     assert server.output_images(server.run(fixed))
+
+
+def scfg_prompt(server):
+    return quick_prompt(server, os.path.join(PACK_DIR, "workflows", "scfg.json"))
+
+
+def test_scfg_on_a_non_unet_model_is_a_clear_error_and_the_server_goes_on(server):
+    prompt = scfg_prompt(server)
+    prompt["900"] = {
+        "class_type": "UNETLoader",
+        "inputs": {"unet_name": "dnpg_tiny_sd3.safetensors", "weight_dtype": "default"},
+    }
+    node_of_type(prompt, "DNPG_SCFG")["inputs"]["model"] = ["900", 0]
+    with pytest.raises(ComfyError) as error:
+        server.run(prompt)
+    assert "SD1.x, SD2.x, SDXL" in json.dumps(error.value.details)
+    assert server.output_images(server.run(scfg_prompt(server)))
+
+
+def test_scfg_at_cfg_one_says_it_needs_the_uncond_pass(server):
+    prompt = scfg_prompt(server)
+    scfg_id = next(k for k, node in prompt.items() if node["class_type"] == "DNPG_SCFG")
+    for node in prompt.values():
+        if node["class_type"] in ("KSampler", "DNPG_SCFGRegions") and node["inputs"]["model"] == [scfg_id, 0]:
+            node["inputs"]["cfg"] = 1.0
+    with pytest.raises(ComfyError) as error:
+        server.run(prompt)
+    assert "Set the sampler's cfg above 1" in json.dumps(error.value.details)
