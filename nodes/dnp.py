@@ -3,14 +3,13 @@
 
 import logging
 
-import comfy.samplers
-import comfy.utils
 import nodes as comfy_nodes
 import torch
 
 from ..guidance import dnp
 from . import captioning
 from .dns import patch_dns
+from .inputs import cfg_input, sampler_input, scheduler_input, seed_input, steps_input
 
 log = logging.getLogger("dnp_guidance")
 CATEGORY = "DNP Guidance/DNP"
@@ -215,29 +214,11 @@ class AutoDNP:
                     list(dnp.COMBINE_MODES),
                     {"default": "append", "tooltip": "How n* joins your negative prompt."},
                 ),
-                "seed": (
-                    "INT",
-                    {
-                        "default": 0,
-                        "min": 0,
-                        "max": 0xFFFFFFFFFFFFFFFF,
-                        "control_after_generate": True,
-                        "tooltip": "Seed of the DNS run.",
-                    },
-                ),
-                "steps": ("INT", {"default": 20, "min": 1, "max": 10000, "tooltip": "Steps of your final generation."}),
-                "cfg": (
-                    "FLOAT",
-                    {
-                        "default": 7.0,
-                        "min": 1.0,
-                        "max": 100.0,
-                        "step": 0.1,
-                        "tooltip": "cfg of your final generation; DNS runs at this scale (ComfyUI convention).",
-                    },
-                ),
-                "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {"tooltip": "Sampler of the DNS run."}),
-                "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"tooltip": "Scheduler of the DNS run."}),
+                "seed": seed_input("Seed of the DNS run.", control=True),
+                "steps": steps_input("Steps of your final generation."),
+                "cfg": cfg_input("cfg of your final generation; DNS runs at this scale (ComfyUI convention).", 1.0),
+                "sampler_name": sampler_input("Sampler of the DNS run."),
+                "scheduler": scheduler_input("Scheduler of the DNS run."),
                 "width": (
                     "INT",
                     {"default": 512, "min": 64, "max": 8192, "step": 8, "tooltip": "Final image width (px)."},

@@ -79,7 +79,19 @@ class DNSConditioning:
     )
 
     def swap(self, positive, empty):
+        check_batches(positive, empty)
         return (empty, positive)
+
+
+def check_batches(positive, empty) -> None:
+    """Conditionings of different batch sizes (neither 1) cannot be paired by the sampler."""
+    sizes = {name: {c[0].shape[0] for c in cond} for name, cond in (("positive", positive), ("empty", empty))}
+    batch_p, batch_e = max(sizes["positive"]), max(sizes["empty"])
+    if batch_p != batch_e and 1 not in (batch_p, batch_e):
+        raise ValueError(
+            f"DNS Conditioning: positive has batch {batch_p} but empty has batch {batch_e}. Encode both with the "
+            "same batch size, or one of them with batch 1."
+        )
 
 
 NODE_CLASS_MAPPINGS = {"DNPG_DNSGuidance": DNSGuidance, "DNPG_DNSConditioning": DNSConditioning}

@@ -3,7 +3,6 @@ guidance-stack term. Maths in guidance/scfg.py; capture modelled on core's nodes
 
 import logging
 
-import comfy.samplers
 import nodes as comfy_nodes
 import torch.nn.functional as F
 from comfy.ldm.modules.attention import SpatialTransformer, optimized_attention
@@ -12,6 +11,7 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, UNetModel
 from ..guidance import scfg
 from ..guidance.progress import SIGMA_POSITION
 from .dnp import clip_tokenizer
+from .inputs import cfg_input, sampler_input, scheduler_input, seed_input, steps_input
 from .patching import RUN_KEY, add_guidance_term, guidance_stack
 from .plotting import regions_panel
 
@@ -311,20 +311,11 @@ class SCFGRegions:
                 "positive": ("CONDITIONING", {"tooltip": "The sampler's positive."}),
                 "negative": ("CONDITIONING", {"tooltip": "The sampler's negative."}),
                 "latent_image": ("LATENT", {"tooltip": "The sampler's latent."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "The sampler's seed."}),
-                "steps": ("INT", {"default": 20, "min": 1, "max": 10000, "tooltip": "The sampler's steps."}),
-                "cfg": (
-                    "FLOAT",
-                    {
-                        "default": 7.0,
-                        "min": 0.0,
-                        "max": 100.0,
-                        "step": 0.1,
-                        "tooltip": "The sampler's cfg (ComfyUI convention).",
-                    },
-                ),
-                "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {"tooltip": "The sampler's sampler."}),
-                "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"tooltip": "The sampler's scheduler."}),
+                "seed": seed_input("The sampler's seed.", control=True),
+                "steps": steps_input("The sampler's steps."),
+                "cfg": cfg_input("The sampler's cfg (ComfyUI convention, 1 = no guidance)."),
+                "sampler_name": sampler_input("The sampler's sampler."),
+                "scheduler": scheduler_input("The sampler's scheduler."),
                 "step": (
                     "INT",
                     {

@@ -7,6 +7,7 @@ import torch
 from ..guidance import schedules
 from ..guidance.progress import SIGMA_POSITION, SOURCES
 from ..guidance.stack import PHASE_SCALE, GuidanceState
+from .inputs import cfg_input, scheduler_input, steps_input
 from .patching import add_guidance_term, guidance_stack, progress_by_source
 from .plotting import line_chart
 from .validation import input_problems
@@ -166,18 +167,9 @@ class CFGSchedulePlot:
                     "MODEL",
                     {"tooltip": "A model patched by CFG Schedule (the curve is read from its guidance stack)."},
                 ),
-                "cfg": (
-                    "FLOAT",
-                    {
-                        "default": 7.0,
-                        "min": 0.0,
-                        "max": 100.0,
-                        "step": 0.1,
-                        "tooltip": "The sampler's cfg (ComfyUI convention, 1 = no guidance): the schedule's s0.",
-                    },
-                ),
-                "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"tooltip": "The sampler's scheduler."}),
-                "steps": ("INT", {"default": 20, "min": 1, "max": 10000, "tooltip": "The sampler's steps."}),
+                "cfg": cfg_input("The sampler's cfg (ComfyUI convention, 1 = no guidance): the schedule's s0."),
+                "scheduler": scheduler_input("The sampler's scheduler."),
+                "steps": steps_input("The sampler's steps."),
                 "denoise": (
                     "FLOAT",
                     {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip": "The sampler's denoise."},

@@ -95,9 +95,10 @@ def _is_widget(spec) -> bool:
     return isinstance(kind, list) or kind in WIDGET_TYPES
 
 
-def _has_control_widget(spec) -> bool:
+def _has_control_widget(name: str, spec) -> bool:
+    """The frontend adds a 'control after generate' widget after such inputs (and after any INT seed)."""
     options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-    return bool(options.get("control_after_generate"))
+    return bool(options.get("control_after_generate")) or (spec[0] == "INT" and name in ("seed", "noise_seed"))
 
 
 def ui_to_api(workflow: dict, object_info: dict) -> dict:
@@ -142,12 +143,17 @@ def _node_inputs(node: dict, info: dict, source_of) -> dict:
                     value = values.get(name)
                 else:
                     value = values[position] if position < len(values) else None
-                    position += 2 if _has_control_widget(spec) else 1
+                    position += 2 if _has_control_widget(name, spec) else 1
                 if value is not None:
                     inputs[name] = value
             if name in linked:
                 inputs[name] = source_of(linked[name])
     return inputs
+
+
+def output_node_ids(prompt: dict, object_info: dict) -> set:
+    """The ids of the prompt's output nodes (SaveImage, PreviewImage, PreviewAny, ...)."""
+    return {node_id for node_id, node in prompt.items() if object_info[node["class_type"]].get("output_node")}
 
 
 def available_checkpoints(object_info: dict) -> list:

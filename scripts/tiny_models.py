@@ -25,6 +25,26 @@ SDXL_UNET = dict(
     use_temporal_attention=False,
     use_temporal_resblock=False,
 )
+SD2_UNET = dict(
+    in_channels=4,
+    out_channels=4,
+    model_channels=64,
+    num_res_blocks=[1, 1],
+    channel_mult=[1, 2],
+    transformer_depth=[1, 1],
+    transformer_depth_output=[1, 1, 1, 1],
+    transformer_depth_middle=1,
+    context_dim=1024,
+    num_head_channels=32,
+    num_heads=-1,
+    use_linear_in_transformer=True,
+    use_spatial_transformer=True,
+    legacy=False,
+    adm_in_channels=None,
+    image_size=32,
+    use_temporal_attention=False,
+    use_temporal_resblock=False,
+)
 SD3_MMDIT = dict(
     in_channels=16,
     patch_size=2,
@@ -67,6 +87,17 @@ def sdxl():
         ]
 
     return patcher(comfy.supported_models.SDXL(SDXL_UNET)), cond(), cond()
+
+
+def sd2_v():
+    """(model, positive, negative): a small SD2.x-architecture UNet with v-prediction, and random conds."""
+    import comfy.model_base
+
+    config = comfy.supported_models.SD20(SD2_UNET)
+    config.model_type = lambda *args, **kwargs: comfy.model_base.ModelType.V_PREDICTION
+    generator = torch.Generator().manual_seed(2)
+    conds = [[[torch.randn(1, 77, 1024, generator=generator), {}]] for _ in range(2)]
+    return patcher(config), conds[0], conds[1]
 
 
 def sd3():

@@ -60,7 +60,7 @@ class Graph:
                 spec, value = specs[name], inputs.pop(name, None)
                 if _is_widget(spec):
                     widgets.append(self._widget_value(name, spec, value))
-                    if _has_control_widget(spec):
+                    if _has_control_widget(name, spec):
                         widgets.append("fixed")
                 else:
                     record_inputs.append({"name": name, "type": spec[0], "link": None})

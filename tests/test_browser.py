@@ -100,4 +100,8 @@ def test_workflow_loads_queues_and_renders_in_the_frontend(page, server, path):
     page.screenshot(path=os.path.join(ARTIFACTS, f"browser-{os.path.basename(path)[:-5]}.png"))
     assert entry["status"]["status_str"] == "success", entry["status"]
     assert server.output_images(entry), "the frontend's prompt produced no image"
+    output_types = {t for t, info in server.object_info.items() if info.get("output_node")}
+    expected = {str(node["id"]) for node in workflow["nodes"] if node["type"] in output_types}
+    assert expected <= set(entry["outputs"]), "not every output node of the workflow ran"
+    assert page.evaluate("window.app.graph.nodes.filter(n => n.has_errors).map(n => n.type)") == []
     assert errors_of(page) == []

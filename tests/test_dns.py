@@ -91,3 +91,11 @@ def test_nan_latent_is_a_clear_error(comfy, tiny, empty):
         helpers.ksample(
             comfy, tiny, dns_model(comfy, tiny.model), positive=tiny.positive, negative=empty, latent=latent
         )
+
+
+def test_dns_conditioning_batch_mismatch_is_a_clear_error(comfy, tiny, empty):
+    two = [[torch.cat([tiny.positive[0][0]] * 2), tiny.positive[0][1]]]
+    three = [[torch.cat([empty[0][0]] * 3), empty[0][1]]]
+    with pytest.raises(ValueError, match="positive has batch 2 but empty has batch 3"):
+        comfy.pack.nodes.dns.DNSConditioning().swap(two, three)
+    assert comfy.pack.nodes.dns.DNSConditioning().swap(two, empty) == (empty, two)

@@ -132,6 +132,22 @@ def test_sdxl_unet_samples_with_scfg(comfy):
     assert same_guidance(sample(separate_passes(scfg(comfy, model))), guided, plain)
 
 
+def test_sd2_v_prediction_unet_samples_with_scfg(comfy):
+    import tiny_models
+    from comfy.model_sampling import V_PREDICTION
+
+    model, positive, negative = tiny_models.sd2_v()
+    assert isinstance(model.get_model_object("model_sampling"), V_PREDICTION)
+
+    def sample(m):
+        latent = {"samples": torch.zeros(1, 4, 16, 16)}
+        return comfy.nodes.common_ksampler(m, 1, 3, S0, "euler", "normal", positive, negative, latent)[0]["samples"]
+
+    plain, guided = sample(model), sample(scfg(comfy, model))
+    assert torch.isfinite(guided).all() and not torch.allclose(plain, guided, atol=1e-2)
+    assert helpers.same_sample(sample(scfg(comfy, model, rate_min=1.0, rate_max=1.0)), plain)
+
+
 def test_non_unet_model_is_refused_naming_the_supported_families(comfy):
     import tiny_models
 
