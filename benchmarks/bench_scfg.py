@@ -101,7 +101,7 @@ def capture_overhead_seconds(runtime, model, side: int, repeats: int = 5) -> flo
             "dnp_guidance_run": run,
         }
         key = (name, block_id, depth)
-        captured = (scfg_nodes.self_capture(key), scfg_nodes.cross_capture(key, "code", True))
+        captured = (scfg_nodes.self_capture(key), scfg_nodes.cross_capture(key, "code", True, ratio))
         for fn, k in zip(captured, (x, context)):
             start = time.perf_counter()
             for _ in range(repeats):

@@ -45,11 +45,12 @@ def guidance_stack(model) -> GuidanceStack:
     return model.model_options.get(STACK_KEY, GuidanceStack())
 
 
-def add_guidance_term(model, term: GuidanceTerm):
-    """A clone of `model` whose guidance stack also holds `term` (replacing one of the same name)."""
+def add_guidance_term(model, term: GuidanceTerm, replacing: bool = False):
+    """A clone of `model` whose guidance stack also holds `term`, replacing one of the same name
+    (with a warning, unless the caller means to: `replacing`)."""
     patched = model.clone()
     stack = guidance_stack(patched)
-    if stack.has(term.name):
+    if stack.has(term.name) and not replacing:
         log.warning(
             "DNP Guidance: this MODEL already has a %s term (%s); the new one (%s) replaces it.",
             term.name,

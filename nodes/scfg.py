@@ -112,12 +112,21 @@ def self_capture(key):
     return attn1
 
 
-def cross_capture(key, completion: str, self_completion: bool):
+def map_size(extra: dict, ratio: int) -> tuple:
+    """(h, w) of this layer's maps: from the block's activations, or the latent side / ratio (each
+    downsampling halves a side, rounding up) on ComfyUI versions that do not pass activations_shape."""
+    if "activations_shape" in extra:
+        return tuple(extra["activations_shape"][-2:])
+    height, width = extra["original_shape"][-2:]
+    return -(-height // ratio), -(-width // ratio)
+
+
+def cross_capture(key, completion: str, self_completion: bool, ratio: int):
     def attn2(q, k, v, extra):
         run = extra.get(RUN_KEY)
         if run is not None:
             collector = run.captures.setdefault(CAPTURE_KEY, ScfgCollector())
-            h, w = extra["activations_shape"][-2:]
+            h, w = map_size(extra, ratio)
             probs = scfg.head_averaged_probs(q, k, extra["n_heads"])  # (b, h*w, T)
             for pass_index, chunk in passes(probs, extra["cond_or_uncond"]):
                 self_attn = collector.pending_self.pop((key, pass_index), None) if self_completion else None
@@ -142,7 +151,7 @@ def unet_of(model):
 
 def patch_capture(model, layers: list, completion: str, self_completion: bool) -> None:
     replaced = model.model_options.get("transformer_options", {}).get("patches_replace", {})
-    for name, block_id, depth, _ in layers:
+    for name, block_id, depth, ratio in layers:
         key = (name, block_id, depth)
         clashes = [
             kind
@@ -157,7 +166,7 @@ def patch_capture(model, layers: list, completion: str, self_completion: bool) -
             )
         if self_completion:
             model.set_model_attn1_replace(self_capture(key), name, block_id, depth)
-        model.set_model_attn2_replace(cross_capture(key, completion, self_completion), name, block_id, depth)
+        model.set_model_attn2_replace(cross_capture(key, completion, self_completion, ratio), name, block_id, depth)
 
 
 class SCFG:
@@ -373,7 +382,7 @@ class SCFGRegions:
             seen.update(cond=cond_maps[0], uncond=uncond_maps[0], rate=rate[0, 0], sigma=state.sigma[0])
 
         params = dict(stack.get("scfg").params)
-        observed = add_guidance_term(model, scfg.scfg_term(observer=observe, **params))
+        observed = add_guidance_term(model, scfg.scfg_term(observer=observe, **params), replacing=True)
         last = min(step, steps - 1)
         comfy_nodes.common_ksampler(
             observed,

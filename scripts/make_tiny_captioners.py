@@ -1,10 +1,11 @@
-"""Build tiny captioners with seeded random weights (BLIP, BLIP-2, LLaVA), in Hugging Face format.
+"""Build tiny captioners with seeded random weights (BLIP, BLIP-2 with OPT and T5, LLaVA 1.5 and
+LLaVA-NeXT), in Hugging Face format.
 
 Each lands in OUT/<name>/ with config.json, model.safetensors and its processor files, so the
 pack's real loader (transformers' native classes, safetensors only) loads it like a downloaded
 model. Small vocabularies, 2-layer towers, 32 px images: a few MB each, built in seconds.
 
-    python scripts/make_tiny_captioners.py OUT [--only blip,blip2,llava]
+    python scripts/make_tiny_captioners.py OUT [--only blip,blip2,blip2-t5,llava,llava-next]
 """
 
 import argparse
@@ -24,6 +25,10 @@ from transformers import (
     CLIPImageProcessor,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaNextImageProcessor,
+    LlavaNextProcessor,
     LlavaProcessor,
     PreTrainedTokenizerFast,
 )
@@ -165,7 +170,88 @@ def build_llava(out: str) -> None:
     save(LlavaForConditionalGeneration(config).eval(), processor, out, 7)
 
 
-BUILDERS = {"blip": build_blip, "blip2": build_blip2, "llava": build_llava}
+def build_blip2_t5(out: str) -> None:
+    """BLIP-2 with a Flan-T5-style encoder-decoder language model."""
+    tokenizer = word_tokenizer(["<pad>", "</s>", "<unk>", "<s>", "<image>"])
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    config = Blip2Config(
+        vision_config=VISION,
+        qformer_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            encoder_hidden_size=32,
+            vocab_size=64,
+        ),
+        text_config=dict(
+            model_type="t5",
+            vocab_size=len(tokenizer),
+            d_model=32,
+            d_kv=16,
+            d_ff=64,
+            num_layers=2,
+            num_heads=2,
+            decoder_start_token_id=0,
+            pad_token_id=0,
+            eos_token_id=1,
+        ),
+        num_query_tokens=4,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+    )
+    processor = Blip2Processor(
+        BlipImageProcessor(size={"height": IMAGE, "width": IMAGE}), tokenizer, num_query_tokens=4
+    )
+    save(Blip2ForConditionalGeneration(config).eval(), processor, out, 5)
+
+
+def build_llava_next(out: str) -> None:
+    """LLaVA-NeXT (the llava-hf 1.6 family): one image grid of a single tile."""
+    tokenizer = word_tokenizer(["<pad>", "<unk>", "<s>", "</s>", "<image>", "USER:", "ASSISTANT:"])
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    config = LlavaNextConfig(
+        vision_config=dict(model_type="clip_vision_model", projection_dim=32, **VISION),
+        text_config=dict(
+            model_type="llama",
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            bos_token_id=2,
+            eos_token_id=3,
+            pad_token_id=0,
+        ),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=[[IMAGE, IMAGE]],
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )
+    image_processor = LlavaNextImageProcessor(
+        size={"shortest_edge": IMAGE},
+        crop_size={"height": IMAGE, "width": IMAGE},
+        image_grid_pinpoints=[[IMAGE, IMAGE]],
+    )
+    processor = LlavaNextProcessor(
+        image_processor,
+        tokenizer,
+        patch_size=PATCH,
+        vision_feature_select_strategy="default",
+        chat_template=LLAVA_TEMPLATE,
+        num_additional_image_tokens=1,
+    )
+    save(LlavaNextForConditionalGeneration(config).eval(), processor, out, 7)
+
+
+BUILDERS = {
+    "blip": build_blip,
+    "blip2": build_blip2,
+    "blip2-t5": build_blip2_t5,
+    "llava": build_llava,
+    "llava-next": build_llava_next,
+}
 
 
 def main() -> None:

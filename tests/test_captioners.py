@@ -1,4 +1,5 @@
-"""Captioners through the real loader: tiny random BLIP, BLIP-2 and LLaVA in a temporary models folder."""
+"""Captioners through the real loader: tiny random BLIP, BLIP-2 (OPT, T5), LLaVA and LLaVA-NeXT in a
+temporary models folder."""
 
 import os
 import shutil
@@ -8,7 +9,13 @@ import make_tiny_captioners
 import pytest
 import torch
 
-FAMILIES = {"dnpg-tiny-blip": "blip", "dnpg-tiny-blip2": "blip-2", "dnpg-tiny-llava": "llava"}
+FAMILIES = {
+    "dnpg-tiny-blip": "blip",
+    "dnpg-tiny-blip2": "blip-2",
+    "dnpg-tiny-blip2-t5": "blip-2",
+    "dnpg-tiny-llava": "llava",
+    "dnpg-tiny-llava-next": "llava_next",
+}
 
 
 @pytest.fixture(scope="module")

@@ -196,3 +196,9 @@ def test_token_labels_follow_the_clip_tokenizer(comfy, tiny):
     labels = comfy.pack.nodes.scfg.token_labels(tiny.clip, "a red fox")
     assert [labels[i] for i in range(5)] == ["<start>", "a", "red", "fox", "<end>"]
     assert labels[76] == "<end>"
+
+
+def test_map_size_without_activations_shape_follows_the_downsampling(comfy):
+    map_size = comfy.pack.nodes.scfg.map_size
+    assert map_size({"activations_shape": [2, 320, 12, 9]}, 4) == (12, 9)
+    assert map_size({"original_shape": [2, 4, 45, 30]}, 4) == (12, 8)  # 45 -> 23 -> 12, 30 -> 15 -> 8
