@@ -58,7 +58,7 @@ def with_probe(runtime, model, report: dict):
         run = args["model_options"].get(run_key)
         collector = run.captures.get("scfg") if run else None
         if collector is not None:
-            kept = sum(t.numel() * t.element_size() for sums in collector.sums for t, _ in sums.values())
+            kept = sum(t.numel() * t.element_size() for sums in collector.sums if sums for t in sums[:2])
             report["maps_bytes"] = max(report.get("maps_bytes", 0), kept)
         return args["denoised"]
 
@@ -87,6 +87,7 @@ def capture_overhead_seconds(runtime, model, side: int, repeats: int = 5) -> flo
     scfg_nodes, scfg_maths = runtime.pack.nodes.scfg, runtime.pack.guidance.scfg
     unet = model.get_model_object("diffusion_model")
     layers = scfg_nodes.select_layers(scfg_nodes.attention_layers(unet), "auto (1/4 + 1/8)")
+    finest_ratio = min(ratio for *_, ratio in layers)
     collector = scfg_nodes.ScfgCollector()
     run = runtime.pack.nodes.patching.RunState(captures={"scfg": collector})
     extra_time = 0.0
@@ -98,10 +99,11 @@ def capture_overhead_seconds(runtime, model, side: int, repeats: int = 5) -> flo
             "n_heads": heads,
             "cond_or_uncond": [1, 0],
             "activations_shape": [2, dim, h, h],
+            "original_shape": [2, 4, side, side],
             "dnp_guidance_run": run,
         }
         key = (name, block_id, depth)
-        captured = (scfg_nodes.self_capture(key), scfg_nodes.cross_capture(key, "code", True, ratio))
+        captured = (scfg_nodes.self_capture(key), scfg_nodes.cross_capture(key, "code", True, ratio, finest_ratio))
         for fn, k in zip(captured, (x, context)):
             start = time.perf_counter()
             for _ in range(repeats):
@@ -115,7 +117,7 @@ def capture_overhead_seconds(runtime, model, side: int, repeats: int = 5) -> flo
     delta = torch.randn(1, 4, side, side)
     start = time.perf_counter()
     for _ in range(repeats):
-        scfg_maths.rate_from_maps(delta, uncond_maps[:1], cond_maps[:1], S0)
+        scfg_maths.rate_from_maps(delta, uncond_maps, cond_maps, S0)
     return extra_time + (time.perf_counter() - start) / repeats
 
 

@@ -1,28 +1,33 @@
 """S-CFG: semantic-aware classifier-free guidance (Shen et al., "Rethinking the Spatial
 Inconsistency in Classifier-Free Diffusion Guidance", CVPR 2024, arXiv 2404.05384;
-shared/reference/s-cfg.md). Official code: SmilesDZgk/S-CFG; defaults follow it.
+shared/reference/s-cfg.md). Defaults follow the released code (SmilesDZgk/S-CFG, sd/utils.py
+get_mask and sd/sd.py), step for step.
 
 With the classifier score eta = e(x, c) - e(x, empty) (any space: `delta`), S-CFG replaces
 e = e_u + g eta by
 
     e = e_u + sum_i g_i m_i . eta,   g_i = g * mean_{p in b} |eta_p| / mean_{p in i} |eta_p|
 
-where the regions m_i come from the UNet's attention maps at the current step:
+where the regions m_i come from the UNet's attention maps at the current step. Per layer and pass:
 1. self-attention completion  C <- A C,  A = (S + 3 S^2) / 4 (released code; the paper's
    (S + S^2 + S^3 + S^4) / 4 with R = 4 is completion="paper");
-2. 3x3 Gaussian smoothing (reflect padding, sigma 0.5, kernel exp(-((x - mu) / (2 sigma))^2));
-3. each token map divided by its spatial mean (+1e-8); coarser layers upsampled bilinearly to the
-   finest, all layers averaged with equal weight;
-4. each pixel belongs to the argmax token over ALL tokens (cond pass);
-5. the reference region b: pixels where the start token's map is below the sum of all other tokens'
-   maps, taken from the uncond pass in the released code (reference="cond" is the alternative);
-6. masks nearest-upsampled to the latent; rate_i painted per pixel, clamped to [0.8, 3.0] and to at
-   most 15 / g, then smoothed again (step 2's kernel).
+2. coarser maps upsampled bilinearly to the finest used side;
+3. 3x3 Gaussian smoothing (reflect padding, sigma 0.5, kernel exp(-((x - mu) / (2 sigma))^2));
+4. token maps: each divided by its spatial mean (+1e-8); reference maps: the start token's map and
+   the sum of all other tokens' maps, each divided by its spatial mean;
+then both are averaged over layers with equal weight, and
+5. each pixel belongs to the argmax token over ALL tokens of the cond pass (regions m_i);
+6. the reference region b: pixels where the start token's reference map is below the others', from
+   the uncond pass in the released code (reference="cond" is the alternative);
+7. masks nearest-upsampled to the latent; rate_i painted per pixel (regions without pixels get 0;
+   an empty reference region gives 0, i.e. the lower clamp, as in the code), clamped to [0.8, 3.0]
+   and to at most 15 / g, then smoothed again (step 3's kernel).
 |eta_p| is the L2 norm over channels at pixel p. The rate is a ratio of norms and the combination
 is affine per pixel, so it is identical in eps and x0 space (conventions.md).
 
-Shapes: cross maps (N, h, w, T), self maps (N, h*w, h*w), processed maps (N, T, h, w); N is the
-batch of one pass; index 0 / 1 of a stacked pair is the uncond / cond pass.
+Shapes: cross maps (N, h, w, T), self maps (N, h*w, h*w); processed per pass: token maps
+(N, T, H, W) and reference maps (N, 2, H, W) at the finest side; N is the batch of one pass; index
+0 / 1 of a stacked pair is the uncond / cond pass.
 """
 
 import math
@@ -65,60 +70,54 @@ def complete(self_attn: torch.Tensor, completion: str = "code") -> torch.Tensor:
     return (self_attn + s2 + s3 + s3 @ self_attn) / 4
 
 
-def process_layer(cross: torch.Tensor, self_attn: torch.Tensor = None, completion: str = "code") -> torch.Tensor:
-    """Steps 1-3 for one layer and one pass: (N, h, w, T) cross [+ (N, hw, hw) self] -> (N, T, h, w)."""
+def process_layer(cross: torch.Tensor, self_attn=None, completion: str = "code", size: tuple = None) -> tuple:
+    """Steps 1-4 for one layer and pass: (N, h, w, T) cross [+ (N, hw, hw) self] -> (token maps
+    (N, T, H, W), reference maps (N, 2, H, W)) at `size` (default: the layer's own h, w)."""
     n, h, w, t = cross.shape
     maps = cross.reshape(n, h * w, t).float()
     if self_attn is not None:
         maps = complete(self_attn.float(), completion) @ maps
-    maps = smooth(maps.transpose(1, 2).reshape(n, t, h, w))
-    return maps / (maps.mean(dim=(2, 3), keepdim=True) + EPS)
+    maps = maps.transpose(1, 2).reshape(n, t, h, w)
+    if size is not None and tuple(size) != (h, w):
+        maps = F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)
+    maps = smooth(maps)
+    tokens = maps / (maps.mean(dim=(2, 3), keepdim=True) + EPS)
+    fore = torch.stack([maps[:, 0], maps[:, 1:].sum(dim=1)], dim=1)
+    return tokens, fore / fore.mean(dim=(2, 3), keepdim=True).clamp(min=EPS)
 
 
-def average_layers(per_resolution: dict) -> torch.Tensor:
-    """Equal-weight mean of processed maps: {(h, w): (sum (N, T, h, w), count)} -> (N, T, H, W) at the finest."""
-    finest = max(per_resolution, key=lambda hw: hw[0] * hw[1])
-    total, count = 0.0, 0
-    for (h, w), (summed, n_layers) in per_resolution.items():
-        up = summed if (h, w) == finest else F.interpolate(summed, size=finest, mode="bilinear", align_corners=False)
-        total, count = total + up, count + n_layers
-    return total / count
+def region_masks(tokens: torch.Tensor) -> torch.Tensor:
+    """Step 5: one-hot argmax over all tokens, (N, T, H, W) -> (N, T, H, W) in {0, 1}."""
+    return F.one_hot(tokens.argmax(dim=1), tokens.shape[1]).permute(0, 3, 1, 2).to(tokens.dtype)
 
 
-def region_masks(cond_maps: torch.Tensor) -> torch.Tensor:
-    """Step 4: one-hot argmax over all tokens, (N, T, H, W) -> (N, T, H, W) in {0, 1}."""
-    return F.one_hot(cond_maps.argmax(dim=1), cond_maps.shape[1]).permute(0, 3, 1, 2).to(cond_maps.dtype)
-
-
-def reference_mask(maps: torch.Tensor) -> torch.Tensor:
-    """Step 5: start token's map below the sum of the others, (N, T, H, W) -> (N, 1, H, W)."""
-    return (maps[:, :1] < maps[:, 1:].sum(dim=1, keepdim=True)).to(maps.dtype)
+def reference_mask(fore: torch.Tensor) -> torch.Tensor:
+    """Step 6: the start token's reference map below the others', (N, 2, H, W) -> (N, 1, H, W)."""
+    return (fore[:, :1] < fore[:, 1:2]).to(fore.dtype)
 
 
 def rate_from_maps(
     delta: torch.Tensor,
-    uncond_maps: torch.Tensor,
-    cond_maps: torch.Tensor,
+    uncond_maps: tuple,
+    cond_maps: tuple,
     cfg_scale,
     rate_min: float = RATE_MIN,
     rate_max: float = RATE_MAX,
     scale_cap: float = SCALE_CAP,
     reference: str = "uncond",
 ) -> torch.Tensor:
-    """Steps 4-6: the per-pixel rate (B, 1, H, W) from averaged maps (B, T, h, w) of both passes."""
+    """Steps 5-7: the per-pixel rate (B, 1, H, W) from each pass's layer-averaged (tokens, fore) maps."""
     if reference not in REFERENCES:
         raise ValueError(f"unknown reference pass {reference!r}; valid: {', '.join(REFERENCES)}")
     size = delta.shape[-2:]
-    masks = F.interpolate(region_masks(cond_maps), size=size, mode="nearest")  # (B, T, H, W)
-    ref = F.interpolate(reference_mask(uncond_maps if reference == "uncond" else cond_maps), size=size, mode="nearest")
+    masks = F.interpolate(region_masks(cond_maps[0]), size=size, mode="nearest")  # (B, T, H, W)
+    fore = (uncond_maps if reference == "uncond" else cond_maps)[1]
+    ref = F.interpolate(reference_mask(fore), size=size, mode="nearest")  # (B, 1, H, W)
     norm = delta.float().norm(dim=1, keepdim=True)  # |eta_p|, (B, 1, H, W)
-    ref_mean = (norm * ref).sum(dim=(2, 3)) / ref.sum(dim=(2, 3)).clamp(min=1)  # (B, 1)
-    region_sum = (norm * masks).sum(dim=(2, 3))  # (B, T)
-    region_count = masks.sum(dim=(2, 3))
-    region_mean = region_sum / region_count.clamp(min=1)
-    rates = torch.where(region_mean > 0, ref_mean / region_mean.clamp(min=EPS), torch.zeros_like(region_mean))
-    has_ref = ref.sum(dim=(2, 3)) > 0  # no reference pixels: leave the guidance as it is
-    rates = torch.where(has_ref, rates, torch.ones_like(rates))
+    ref_mean = (norm * ref).sum(dim=(2, 3)) / (ref.sum(dim=(2, 3)) + EPS)  # (B, 1)
+    region_count = masks.sum(dim=(2, 3))  # (B, T)
+    region_mean = (norm * masks).sum(dim=(2, 3)) / (region_count + EPS)
+    rates = ref_mean * (region_count > 0).to(norm.dtype) / (region_mean + EPS)
     rate = (rates[:, :, None, None] * masks).sum(dim=1, keepdim=True)
     rate = rate.clamp(rate_min, rate_max)
     rate = torch.minimum(rate, _cap(scale_cap, cfg_scale, rate))
@@ -133,28 +132,37 @@ def _cap(scale_cap: float, cfg_scale, like: torch.Tensor) -> torch.Tensor:
     return torch.full_like(like, scale_cap / max(cfg_scale, EPS))
 
 
+def average_layers(processed: list) -> tuple:
+    """Equal-weight mean over layers of (tokens, fore) pairs already at one size."""
+    return (
+        sum(tokens for tokens, _ in processed) / len(processed),
+        sum(fore for _, fore in processed) / len(processed),
+    )
+
+
 def scfg_rate(delta: torch.Tensor, layers: list, cfg_scale, **options) -> torch.Tensor:
     """The S-CFG rate (B, 1, H, W) with guided = uncond + cfg_scale * rate * delta.
 
     delta: (B, C, H, W) = cond - uncond in any space. layers: [(cross, self_attn)] per attention
     layer, cross (2, B, h, w, T) and self_attn (2, B, h*w, h*w) (None to skip completion),
-    head-averaged probabilities, index 0 = uncond pass, 1 = cond pass. options: completion
-    ("code" | "paper"), self_completion (bool), reference ("uncond" | "cond"), rate_min, rate_max,
-    scale_cap.
+    head-averaged probabilities, index 0 = uncond pass, 1 = cond pass; coarser layers are upsampled
+    to the finest. options: completion ("code" | "paper"), self_completion (bool), reference
+    ("uncond" | "cond"), rate_min, rate_max, scale_cap.
     """
     completion = options.pop("completion", "code")
     use_self = options.pop("self_completion", True)
-    passes = []
-    for index in (0, 1):
-        per_resolution = {}
-        for cross, self_attn in layers:
-            maps = process_layer(
-                cross[index], self_attn[index] if use_self and self_attn is not None else None, completion
-            )
-            key = tuple(maps.shape[-2:])
-            summed, count = per_resolution.get(key, (0.0, 0))
-            per_resolution[key] = (summed + maps, count + 1)
-        passes.append(average_layers(per_resolution))
+    finest = max((tuple(cross.shape[2:4]) for cross, _ in layers), key=lambda hw: hw[0] * hw[1])
+    passes = [
+        average_layers(
+            [
+                process_layer(
+                    cross[index], self_attn[index] if use_self and self_attn is not None else None, completion, finest
+                )
+                for cross, self_attn in layers
+            ]
+        )
+        for index in (0, 1)
+    ]
     return rate_from_maps(delta, passes[0], passes[1], cfg_scale, **options)
 
 
@@ -168,7 +176,8 @@ def scfg_term(
 ) -> GuidanceTerm:
     """The RATE-phase term: s <- s * rate per pixel while start <= tau <= end (rate 1 elsewhere).
 
-    The glue puts the step's averaged maps in state.captures[capture_key] = (uncond_maps, cond_maps).
+    The glue puts the step's layer-averaged maps in state.captures[capture_key] = (uncond, cond), each
+    a (tokens, fore) pair.
     observer(state, uncond_maps, cond_maps, rate), if given, sees every evaluation (for visualisation).
     """
     if not 0.0 <= start <= end <= 1.0:

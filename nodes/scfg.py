@@ -72,21 +72,23 @@ def select_layers(layers: list, choice: str) -> list:
 
 
 class ScfgCollector:
-    """Sums of processed maps per pass and map size during one evaluation; finalize() averages them."""
+    """Running sums of each pass's processed (tokens, fore) maps during one evaluation."""
 
     def __init__(self):
         self.pending_self = {}
-        self.sums = ({}, {})  # uncond pass, cond pass: {(h, w): (sum, count)}
+        self.sums = [None, None]  # uncond pass, cond pass: (tokens sum, fore sum, layer count)
 
-    def add(self, pass_index: int, maps) -> None:
-        key = tuple(maps.shape[-2:])
-        summed, count = self.sums[pass_index].get(key, (0.0, 0))
-        self.sums[pass_index][key] = (summed + maps, count + 1)
+    def add(self, pass_index: int, tokens, fore) -> None:
+        previous = self.sums[pass_index]
+        self.sums[pass_index] = (
+            (tokens, fore, 1) if previous is None else (previous[0] + tokens, previous[1] + fore, previous[2] + 1)
+        )
 
     def finalize(self):
-        if not self.sums[0] or not self.sums[1]:
+        """((tokens, fore) of the uncond pass, same of the cond pass), layer means; None if a pass is missing."""
+        if None in self.sums:
             return None
-        return scfg.average_layers(self.sums[0]), scfg.average_layers(self.sums[1])
+        return tuple((tokens / count, fore / count) for tokens, fore, count in self.sums)
 
 
 def passes(tensor, cond_or_uncond: list):
@@ -112,27 +114,33 @@ def self_capture(key):
     return attn1
 
 
-def map_size(extra: dict, ratio: int) -> tuple:
-    """(h, w) of this layer's maps: from the block's activations, or the latent side / ratio (each
-    downsampling halves a side, rounding up) on ComfyUI versions that do not pass activations_shape."""
-    if "activations_shape" in extra:
-        return tuple(extra["activations_shape"][-2:])
+def latent_side(extra: dict, ratio: int) -> tuple:
+    """(h, w) of the maps at `ratio`: the latent sides / ratio, rounded up (each downsampling halves a
+    side, rounding up)."""
     height, width = extra["original_shape"][-2:]
     return -(-height // ratio), -(-width // ratio)
 
 
-def cross_capture(key, completion: str, self_completion: bool, ratio: int):
+def map_size(extra: dict, ratio: int) -> tuple:
+    """(h, w) of this layer's maps: from the block's activations, or from the latent on ComfyUI
+    versions that do not pass activations_shape."""
+    if "activations_shape" in extra:
+        return tuple(extra["activations_shape"][-2:])
+    return latent_side(extra, ratio)
+
+
+def cross_capture(key, completion: str, self_completion: bool, ratio: int, finest_ratio: int):
     def attn2(q, k, v, extra):
         run = extra.get(RUN_KEY)
         if run is not None:
             collector = run.captures.setdefault(CAPTURE_KEY, ScfgCollector())
             h, w = map_size(extra, ratio)
+            finest = latent_side(extra, finest_ratio)  # coarser layers are upsampled to the finest used side
             probs = scfg.head_averaged_probs(q, k, extra["n_heads"])  # (b, h*w, T)
             for pass_index, chunk in passes(probs, extra["cond_or_uncond"]):
                 self_attn = collector.pending_self.pop((key, pass_index), None) if self_completion else None
-                collector.add(
-                    pass_index, scfg.process_layer(chunk.reshape(-1, h, w, chunk.shape[-1]), self_attn, completion)
-                )
+                cross = chunk.reshape(-1, h, w, chunk.shape[-1])
+                collector.add(pass_index, *scfg.process_layer(cross, self_attn, completion, finest))
         return _attention(q, k, v, extra)
 
     return attn2
@@ -151,6 +159,7 @@ def unet_of(model):
 
 def patch_capture(model, layers: list, completion: str, self_completion: bool) -> None:
     replaced = model.model_options.get("transformer_options", {}).get("patches_replace", {})
+    finest_ratio = min(ratio for *_, ratio in layers)
     for name, block_id, depth, ratio in layers:
         key = (name, block_id, depth)
         clashes = [
@@ -166,7 +175,8 @@ def patch_capture(model, layers: list, completion: str, self_completion: bool) -
             )
         if self_completion:
             model.set_model_attn1_replace(self_capture(key), name, block_id, depth)
-        model.set_model_attn2_replace(cross_capture(key, completion, self_completion, ratio), name, block_id, depth)
+        capture = cross_capture(key, completion, self_completion, ratio, finest_ratio)
+        model.set_model_attn2_replace(capture, name, block_id, depth)
 
 
 class SCFG:
@@ -379,7 +389,7 @@ class SCFGRegions:
         seen = {}
 
         def observe(state, uncond_maps, cond_maps, rate):
-            seen.update(cond=cond_maps[0], uncond=uncond_maps[0], rate=rate[0, 0], sigma=state.sigma[0])
+            seen.update(cond=cond_maps, uncond=uncond_maps, rate=rate[0, 0], sigma=state.sigma[0])
 
         params = dict(stack.get("scfg").params)
         observed = add_guidance_term(model, scfg.scfg_term(observer=observe, **params), replacing=True)
@@ -398,9 +408,9 @@ class SCFGRegions:
             force_full_denoise=False,
         )
         size = tuple(seen["rate"].shape)
-        masks = scfg.region_masks(seen["cond"][None])
-        reference_maps = seen["uncond"] if params.get("reference", "uncond") == "uncond" else seen["cond"]
-        reference = scfg.reference_mask(reference_maps[None])
+        masks = scfg.region_masks(seen["cond"][0][:1])
+        reference_pass = seen["uncond"] if params.get("reference", "uncond") == "uncond" else seen["cond"]
+        reference = scfg.reference_mask(reference_pass[1][:1])
         token_index = F.interpolate(masks, size=size, mode="nearest")[0].argmax(dim=0).cpu().numpy()
         reference = F.interpolate(reference, size=size, mode="nearest")[0, 0].cpu().numpy()
         title = f"S-CFG step {last} of {steps} (sigma {float(seen['sigma']):.3f})"

@@ -14,6 +14,7 @@ from guidance.scfg import (
     reference_mask,
     region_masks,
     scfg_rate,
+    smooth,
 )
 
 T = 4  # tokens: start, "fox", "snow", end
@@ -32,13 +33,12 @@ def reference_smooth(rate: np.ndarray) -> np.ndarray:
 
 
 def two_region_maps(h=4, w=6, batch=1):
-    """Cross maps (2, B, h, w, T): the left half attends 'fox', the right half 'snow'.
-
-    The start token is weak everywhere.
-    """
+    """Cross maps (2, B, h, w, T): the left half attends 'fox', the right half 'snow'; the start
+    token is weak everywhere but five times weaker on the left, so the reference region is the left."""
     cross = torch.full((2, batch, h, w, T), 0.01)
     cross[:, :, :, : w // 2, 1] = 0.9
     cross[:, :, :, w // 2 :, 2] = 0.9
+    cross[:, :, :, w // 2 :, 0] = 0.05
     return cross
 
 
@@ -61,23 +61,23 @@ def test_region_masks_are_the_argmax_token():
 
 
 def test_reference_is_where_start_token_is_below_the_others():
-    maps = torch.zeros(1, T, 1, 2)
-    maps[0, 0] = torch.tensor([[1.0, 5.0]])
-    maps[0, 1] = torch.tensor([[2.0, 2.0]])
-    assert torch.equal(reference_mask(maps), torch.tensor([[[[1.0, 0.0]]]]))
+    fore = torch.tensor([[[[1.0, 5.0, 2.0]], [[2.0, 2.0, 2.0]]]])  # (1, 2, 1, 3): start, others
+    assert torch.equal(reference_mask(fore), torch.tensor([[[[1.0, 0.0, 0.0]]]]))  # ties are not reference
 
 
 def designed_maps(h=4, w=6):
-    """Processed maps (uncond, cond) with known regions: cond assigns the left half to 'fox' and the
-    right half to 'snow'; in the uncond pass the start token outweighs the others on the right only,
-    so the reference region is the left half."""
-    cond = torch.zeros(1, T, h, w)
-    cond[0, 1, :, : w // 2] = 1.0
-    cond[0, 2, :, w // 2 :] = 1.0
-    uncond = torch.ones(1, T, h, w)
-    uncond[0, 0, :, : w // 2] = 0.0
-    uncond[0, 0, :, w // 2 :] = 10.0
-    return uncond, cond
+    """Processed (tokens, fore) maps of both passes with known regions: cond's tokens assign the left
+    half to 'fox' and the right half to 'snow'; in the uncond pass the start token outweighs the
+    others on the right only, so the reference region is the left half. In the cond pass the start
+    token is nowhere, so reference="cond" makes everything reference."""
+    cond_tokens = torch.zeros(1, T, h, w)
+    cond_tokens[0, 1, :, : w // 2] = 1.0
+    cond_tokens[0, 2, :, w // 2 :] = 1.0
+    cond_fore = torch.stack([torch.zeros(h, w), torch.ones(h, w)])[None]
+    uncond_fore = torch.ones(1, 2, h, w)
+    uncond_fore[0, 0, :, : w // 2] = 0.0
+    uncond_fore[0, 0, :, w // 2 :] = 10.0
+    return (torch.ones(1, T, h, w), uncond_fore), (cond_tokens, cond_fore)
 
 
 def test_rates_from_hand_built_regions():
@@ -131,10 +131,19 @@ def test_batch_of_two_non_square_with_two_map_sizes():
 
 
 def test_scfg_rate_segments_hand_built_attention_end_to_end():
-    """From raw cross maps: the left half attends 'fox', the right half 'snow' (distinct regions),
-    so a weaker |delta| on the right raises the rate there."""
+    """From raw cross maps: reference = left ('fox', |delta| 1), 'snow' region = right (|delta| 0.5):
+    rate 1 on the left, 2 on the right, then smoothed."""
     rate = scfg_rate(delta_with_norms(1.0, 0.5), [(two_region_maps(), None)], 7.0, self_completion=False)
-    assert rate[0, 0, :, -1].mean() > rate[0, 0, :, 0].mean()
+    painted = np.ones((8, 12))
+    painted[:, 6:] = 2.0
+    np.testing.assert_allclose(rate[0, 0].numpy(), reference_smooth(painted), rtol=1e-5)
+
+
+def test_an_empty_reference_region_gives_the_lower_clamp_as_the_code_does():
+    uncond, cond = designed_maps()
+    no_reference = (uncond[0], torch.stack([torch.ones(4, 6), torch.zeros(4, 6)])[None])
+    rate = rate_from_maps(delta_with_norms(1.0, 2.0), no_reference, cond, 7.0)
+    assert torch.allclose(rate, torch.full_like(rate, 0.8))
 
 
 def test_batch_entries_are_independent():
@@ -154,9 +163,28 @@ def test_completion_code_and_paper():
 
 
 def test_processed_maps_have_unit_spatial_mean():
-    maps = process_layer(torch.rand(1, 4, 6, T), torch.rand(1, 24, 24).softmax(-1))
-    assert maps.shape == (1, T, 4, 6)
-    assert torch.allclose(maps.mean(dim=(2, 3)), torch.ones(1, T), atol=1e-5)
+    tokens, fore = process_layer(torch.rand(1, 4, 6, T), torch.rand(1, 24, 24).softmax(-1))
+    assert tokens.shape == (1, T, 4, 6) and fore.shape == (1, 2, 4, 6)
+    assert torch.allclose(tokens.mean(dim=(2, 3)), torch.ones(1, T), atol=1e-5)
+    assert torch.allclose(fore.mean(dim=(2, 3)), torch.ones(1, 2), atol=1e-5)
+
+
+def test_reference_maps_are_start_versus_the_sum_of_the_others_before_token_normalisation():
+    cross = torch.rand(1, 4, 6, T)
+    tokens, fore = process_layer(cross)
+    smoothed = smooth(cross.permute(0, 3, 1, 2))
+    start, others = smoothed[:, 0], smoothed[:, 1:].sum(dim=1)
+    assert torch.allclose(fore[:, 0], start / start.mean(), atol=1e-5)
+    assert torch.allclose(fore[:, 1], others / others.mean(), atol=1e-5)
+
+
+def test_coarser_layers_are_upsampled_before_smoothing():
+    """The released code interpolates to the finest side first, then smooths and normalises."""
+    cross = torch.rand(1, 2, 3, T)
+    tokens, _ = process_layer(cross, size=(4, 6))
+    up = torch.nn.functional.interpolate(cross.permute(0, 3, 1, 2), size=(4, 6), mode="bilinear", align_corners=False)
+    expected = smooth(up)
+    assert torch.allclose(tokens, expected / expected.mean(dim=(2, 3), keepdim=True), atol=1e-5)
 
 
 def test_reference_from_cond_option():
