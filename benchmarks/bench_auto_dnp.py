@@ -38,11 +38,9 @@ def main() -> None:
     parser.add_argument("--dns-size", type=int, default=0)
     args = parser.parse_args()
 
-    runtime = comfy_inprocess.boot()
+    runtime = comfy_inprocess.boot(progress_bars=False)
     import comfy.model_management as mm
-    import comfy.utils
 
-    comfy.utils.PROGRESS_BAR_ENABLED = False
     tiny = comfy_inprocess.load_tiny(runtime, PROMPT, "blurry")
     dnp = runtime.pack.nodes.dnp
     captioner = dnp.CaptionerLoader().load("dnpg-tiny-blip", "auto", False)[0]

@@ -157,11 +157,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    runtime = comfy_inprocess.boot()
+    runtime = comfy_inprocess.boot(progress_bars=False)
     import comfy.model_management
-    import comfy.utils
 
-    comfy.utils.PROGRESS_BAR_ENABLED = False
     tiny = comfy_inprocess.load_tiny(runtime)
     print(
         f"device {comfy.model_management.get_torch_device()}, cfg {S0}, euler, {args.steps} steps, {args.rounds} rounds"

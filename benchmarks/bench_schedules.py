@@ -71,11 +71,9 @@ def hook_seconds(runtime, tiny, model, size, calls=200) -> float:
 
 def main() -> None:
     args = parse_args()
-    runtime = comfy_inprocess.boot()
+    runtime = comfy_inprocess.boot(progress_bars=False)
     import comfy.model_management
-    import comfy.utils
 
-    comfy.utils.PROGRESS_BAR_ENABLED = False
     tiny = comfy_inprocess.load_tiny(runtime)
     models = variants(runtime, tiny.model)
     times = {name: [] for name in models}

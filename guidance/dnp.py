@@ -10,10 +10,11 @@ from typing import Callable
 
 COMBINE_MODES = ("append", "replace", "prepend")
 
-# Openings captioners add that say nothing about the content. BLIP's "arafed"/"araffe" are
-# artefacts of its training captions.
+# BLIP's "arafed"/"araffe" are artefacts of its training captions, anywhere in a caption.
+_ARTEFACTS = re.compile(r"\b(?:arafed|araffe|arafe)\b\s*", re.IGNORECASE)
+# Openings captioners add that say nothing about the content.
 _BOILERPLATE = re.compile(
-    r"^\s*(?:(?:arafed|araffe|arafe)\s+|there (?:is|are)\s+|this is\s+|it is\s+|"
+    r"^\s*(?:there (?:is|are)\s+|this is\s+|it is\s+|"
     r"(?:a|an) (?:picture|image|photo|photograph|illustration|painting|drawing|rendering) (?:of|showing|with)\s+|"
     r"the image (?:shows|depicts|features|contains|is of)\s+|in (?:the|this) image,?\s+|"
     r"(?:this|the) (?:picture|photo) (?:shows|depicts)\s+)+",
@@ -23,8 +24,7 @@ _BOILERPLATE = re.compile(
 
 def clean_caption(caption: str) -> str:
     """Strip captioner boiler-plate openings, artefact words, whitespace and the final full stop."""
-    text = " ".join(caption.split())
-    text = re.sub(r"\b(?:arafed|araffe|arafe)\b\s*", "", _BOILERPLATE.sub("", text), flags=re.IGNORECASE)
+    text = _BOILERPLATE.sub("", _ARTEFACTS.sub("", " ".join(caption.split())))
     return text.strip().rstrip(".").strip()
 
 

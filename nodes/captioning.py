@@ -39,18 +39,19 @@ KNOWN_CAPTIONERS = (
 DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "tokenizer*"]
 
 
-def _families() -> dict:
-    import transformers as tf
-
-    return {
-        "blip": (tf.BlipForConditionalGeneration, tf.BlipProcessor),
-        "blip-2": (tf.Blip2ForConditionalGeneration, tf.Blip2Processor),
-        "llava": (tf.LlavaForConditionalGeneration, tf.LlavaProcessor),
-        "llava_next": (tf.LlavaNextForConditionalGeneration, tf.LlavaNextProcessor),
-    }
+# config.json model_type -> (model class, processor class) in transformers, imported on first load.
+FAMILIES = {
+    "blip": ("BlipForConditionalGeneration", "BlipProcessor"),
+    "blip-2": ("Blip2ForConditionalGeneration", "Blip2Processor"),
+    "llava": ("LlavaForConditionalGeneration", "LlavaProcessor"),
+    "llava_next": ("LlavaNextForConditionalGeneration", "LlavaNextProcessor"),
+}
 
 
-SUPPORTED = ("blip", "blip-2", "llava", "llava_next")
+def family_classes(family: str) -> tuple:
+    import transformers
+
+    return tuple(getattr(transformers, name) for name in FAMILIES[family])
 
 
 def register_folder() -> None:
@@ -136,7 +137,7 @@ def resolve(name: str) -> str:
 def model_family(path: str) -> str:
     with open(os.path.join(path, "config.json")) as handle:
         family = json.load(handle).get("model_type", "")
-    if family not in SUPPORTED:
+    if family not in FAMILIES:
         raise ValueError(
             f"Captioner at {path} is a '{family}' model; supported families: BLIP (blip), BLIP-2 (blip-2), "
             "LLaVA 1.5 (llava) and LLaVA-NeXT (llava_next)."
@@ -180,7 +181,7 @@ def load_captioner(name: str, dtype: str = "auto", keep_loaded: bool = False) ->
             f"Captioner '{name}' at {path} has no .safetensors weights. The pack only loads safetensors "
             "(pickle .bin files can run code); download the safetensors version of the model."
         )
-    model_cls, processor_cls = _families()[family]
+    model_cls, processor_cls = family_classes(family)
     load_device, offload_device = mm.text_encoder_device(), mm.text_encoder_offload_device()
     torch_dtype = _pick_dtype(dtype, load_device)
     try:

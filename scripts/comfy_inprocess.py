@@ -43,8 +43,9 @@ def _add_test_model_paths(folder_paths) -> None:
                 folder_paths.add_model_folder_path(kind, os.path.join(base, sub), is_default=True)
 
 
-def boot() -> types.SimpleNamespace:
-    """Import ComfyUI on the CPU with the test model folders, and the pack."""
+def boot(progress_bars: bool = True) -> types.SimpleNamespace:
+    """Import ComfyUI on the CPU with the test model folders, and the pack (benchmarks turn the
+    samplers' progress bars off)."""
     path = comfy_dir()
     if path not in sys.path:
         sys.path.insert(0, path)
@@ -53,9 +54,11 @@ def boot() -> types.SimpleNamespace:
     comfy.cli_args.args.cpu = True
     import comfy.samplers
     import comfy.sd
+    import comfy.utils
     import folder_paths
     import nodes
 
+    comfy.utils.PROGRESS_BAR_ENABLED = progress_bars
     _add_test_model_paths(folder_paths)
     return types.SimpleNamespace(pack=load_pack(), nodes=nodes, folder_paths=folder_paths, sd=comfy.sd)
 

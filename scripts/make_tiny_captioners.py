@@ -93,40 +93,63 @@ def build_blip(out: str) -> None:
     save(BlipForConditionalGeneration(config).eval(), processor, out, len(specials))
 
 
-def build_blip2(out: str) -> None:
-    tokenizer = word_tokenizer(["<pad>", "<unk>", "<s>", "</s>", "<image>"])
+QFORMER = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    encoder_hidden_size=32,
+    vocab_size=64,
+)
+
+
+def build_blip2_with(out: str, specials: list, text_config: dict) -> None:
+    """BLIP-2 (4 query tokens) around the given language model; `specials` start the vocabulary."""
+    tokenizer = word_tokenizer(specials)
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    image_token = tokenizer.convert_tokens_to_ids("<image>")
     config = Blip2Config(
         vision_config=VISION,
-        qformer_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            encoder_hidden_size=32,
-            vocab_size=64,
-        ),
-        text_config=dict(
-            model_type="opt",
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            ffn_dim=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            word_embed_proj_dim=32,
-            max_position_embeddings=128,
-            bos_token_id=2,
-            eos_token_id=3,
-            pad_token_id=0,
-        ),
+        qformer_config=QFORMER,
+        text_config=dict(vocab_size=len(tokenizer), **text_config),
         num_query_tokens=4,
-        image_token_index=image_token,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
     )
-    processor = Blip2Processor(
-        BlipImageProcessor(size={"height": IMAGE, "width": IMAGE}), tokenizer, num_query_tokens=4
+    image_processor = BlipImageProcessor(size={"height": IMAGE, "width": IMAGE})
+    processor = Blip2Processor(image_processor, tokenizer, num_query_tokens=4)
+    save(Blip2ForConditionalGeneration(config).eval(), processor, out, len(specials))
+
+
+def build_blip2(out: str) -> None:
+    """BLIP-2 with an OPT decoder-only language model."""
+    opt = dict(
+        model_type="opt",
+        hidden_size=32,
+        ffn_dim=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        word_embed_proj_dim=32,
+        max_position_embeddings=128,
+        bos_token_id=2,
+        eos_token_id=3,
+        pad_token_id=0,
     )
-    save(Blip2ForConditionalGeneration(config).eval(), processor, out, 5)
+    build_blip2_with(out, ["<pad>", "<unk>", "<s>", "</s>", "<image>"], opt)
+
+
+def build_blip2_t5(out: str) -> None:
+    """BLIP-2 with a Flan-T5-style encoder-decoder language model."""
+    t5 = dict(
+        model_type="t5",
+        d_model=32,
+        d_kv=16,
+        d_ff=64,
+        num_layers=2,
+        num_heads=2,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    build_blip2_with(out, ["<pad>", "</s>", "<unk>", "<s>", "<image>"], t5)
 
 
 LLAVA_TEMPLATE = (
@@ -136,10 +159,14 @@ LLAVA_TEMPLATE = (
 )
 
 
-def build_llava(out: str) -> None:
-    tokenizer = word_tokenizer(["<pad>", "<unk>", "<s>", "</s>", "<image>", "USER:", "ASSISTANT:"])
+LLAVA_SPECIALS = ["<pad>", "<unk>", "<s>", "</s>", "<image>", "USER:", "ASSISTANT:"]
+
+
+def llava_parts(max_positions: int) -> tuple:
+    """The tokenizer and the shared config parts of the LLaVA family (CLIP vision, Llama text)."""
+    tokenizer = word_tokenizer(LLAVA_SPECIALS)
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    config = LlavaConfig(
+    config = dict(
         vision_config=dict(model_type="clip_vision_model", projection_dim=32, **VISION),
         text_config=dict(
             model_type="llama",
@@ -149,7 +176,7 @@ def build_llava(out: str) -> None:
             num_hidden_layers=2,
             num_attention_heads=2,
             num_key_value_heads=2,
-            max_position_embeddings=256,
+            max_position_embeddings=max_positions,
             bos_token_id=2,
             eos_token_id=3,
             pad_token_id=0,
@@ -158,91 +185,32 @@ def build_llava(out: str) -> None:
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",
     )
-    image_processor = CLIPImageProcessor(size={"shortest_edge": IMAGE}, crop_size={"height": IMAGE, "width": IMAGE})
-    processor = LlavaProcessor(
-        image_processor,
-        tokenizer,
+    processor_options = dict(
         patch_size=PATCH,
         vision_feature_select_strategy="default",
         chat_template=LLAVA_TEMPLATE,
         num_additional_image_tokens=1,
     )
-    save(LlavaForConditionalGeneration(config).eval(), processor, out, 7)
+    return tokenizer, config, processor_options
 
 
-def build_blip2_t5(out: str) -> None:
-    """BLIP-2 with a Flan-T5-style encoder-decoder language model."""
-    tokenizer = word_tokenizer(["<pad>", "</s>", "<unk>", "<s>", "<image>"])
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    config = Blip2Config(
-        vision_config=VISION,
-        qformer_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            encoder_hidden_size=32,
-            vocab_size=64,
-        ),
-        text_config=dict(
-            model_type="t5",
-            vocab_size=len(tokenizer),
-            d_model=32,
-            d_kv=16,
-            d_ff=64,
-            num_layers=2,
-            num_heads=2,
-            decoder_start_token_id=0,
-            pad_token_id=0,
-            eos_token_id=1,
-        ),
-        num_query_tokens=4,
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-    )
-    processor = Blip2Processor(
-        BlipImageProcessor(size={"height": IMAGE, "width": IMAGE}), tokenizer, num_query_tokens=4
-    )
-    save(Blip2ForConditionalGeneration(config).eval(), processor, out, 5)
+def build_llava(out: str) -> None:
+    tokenizer, config, options = llava_parts(256)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": IMAGE}, crop_size={"height": IMAGE, "width": IMAGE})
+    processor = LlavaProcessor(image_processor, tokenizer, **options)
+    save(LlavaForConditionalGeneration(LlavaConfig(**config)).eval(), processor, out, len(LLAVA_SPECIALS))
 
 
 def build_llava_next(out: str) -> None:
     """LLaVA-NeXT (the llava-hf 1.6 family): one image grid of a single tile."""
-    tokenizer = word_tokenizer(["<pad>", "<unk>", "<s>", "</s>", "<image>", "USER:", "ASSISTANT:"])
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    config = LlavaNextConfig(
-        vision_config=dict(model_type="clip_vision_model", projection_dim=32, **VISION),
-        text_config=dict(
-            model_type="llama",
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            bos_token_id=2,
-            eos_token_id=3,
-            pad_token_id=0,
-        ),
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        image_grid_pinpoints=[[IMAGE, IMAGE]],
-        vision_feature_layer=-1,
-        vision_feature_select_strategy="default",
-    )
+    tokenizer, config, options = llava_parts(512)
+    grid = [[IMAGE, IMAGE]]
     image_processor = LlavaNextImageProcessor(
-        size={"shortest_edge": IMAGE},
-        crop_size={"height": IMAGE, "width": IMAGE},
-        image_grid_pinpoints=[[IMAGE, IMAGE]],
+        size={"shortest_edge": IMAGE}, crop_size={"height": IMAGE, "width": IMAGE}, image_grid_pinpoints=grid
     )
-    processor = LlavaNextProcessor(
-        image_processor,
-        tokenizer,
-        patch_size=PATCH,
-        vision_feature_select_strategy="default",
-        chat_template=LLAVA_TEMPLATE,
-        num_additional_image_tokens=1,
-    )
-    save(LlavaNextForConditionalGeneration(config).eval(), processor, out, 7)
+    processor = LlavaNextProcessor(image_processor, tokenizer, **options)
+    model = LlavaNextForConditionalGeneration(LlavaNextConfig(image_grid_pinpoints=grid, **config))
+    save(model.eval(), processor, out, len(LLAVA_SPECIALS))
 
 
 BUILDERS = {

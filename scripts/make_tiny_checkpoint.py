@@ -10,7 +10,6 @@ Run from inside a ComfyUI tree (the provision script does): python make_tiny_che
 """
 
 import argparse
-import math
 import os
 import sys
 
@@ -25,6 +24,7 @@ comfy.cli_args.args.cpu = True  # building weights needs no accelerator
 
 import comfy.sd1_clip  # noqa: E402
 import comfy.taesd.taesd  # noqa: E402
+import tiny_models  # noqa: E402
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
@@ -46,19 +46,6 @@ TINY_UNET_CONFIG = {
 }
 
 
-def randomise_(module: torch.nn.Module, generator: torch.Generator) -> None:
-    """Fan-in scaled normal weights, zero biases, unit norm scales: finite, non-trivial outputs."""
-    for name, param in module.named_parameters():
-        with torch.no_grad():
-            if name.endswith("bias"):
-                param.zero_()
-            elif param.ndim <= 1:
-                param.fill_(1.0)
-            else:
-                fan_in = param[0].numel()
-                param.copy_(torch.randn(param.shape, generator=generator) / math.sqrt(fan_in))
-
-
 def build_state_dict(seed: int) -> dict:
     generator = torch.Generator().manual_seed(seed)
     unet = UNetModel(**TINY_UNET_CONFIG)
@@ -67,7 +54,7 @@ def build_state_dict(seed: int) -> dict:
     parts = (("model.diffusion_model.", unet), ("cond_stage_model.", clip), ("first_stage_model.", taesd))
     state = {}
     for prefix, module in parts:
-        randomise_(module, generator)
+        tiny_models.randomise_(module, generator)
         for key, tensor in module.state_dict().items():
             state[prefix + key] = tensor.detach().to(torch.float16).contiguous()
     state["first_stage_model.vae_scale"] = torch.tensor(1.0, dtype=torch.float16)
@@ -77,8 +64,6 @@ def build_state_dict(seed: int) -> dict:
 
 def write_sd3(path: str) -> None:
     """A tiny SD3-architecture diffusion model for UNETLoader (models/diffusion_models/)."""
-    import tiny_models
-
     unet = tiny_models.sd3().model.diffusion_model
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     save_file({k: v.to(torch.float16).contiguous() for k, v in unet.state_dict().items()}, path)

@@ -57,8 +57,8 @@ SD3_MMDIT = dict(
 )
 
 
-def randomise_(module: torch.nn.Module, seed: int = 0) -> None:
-    generator = torch.Generator().manual_seed(seed)
+def randomise_(module: torch.nn.Module, generator: torch.Generator) -> None:
+    """Fan-in scaled normal weights, zero biases, unit norm scales: finite, non-trivial outputs."""
     with torch.no_grad():
         for name, param in module.named_parameters():
             if param.ndim > 1:
@@ -69,7 +69,7 @@ def randomise_(module: torch.nn.Module, seed: int = 0) -> None:
 
 def patcher(model_config) -> comfy.model_patcher.ModelPatcher:
     model = model_config.get_model({})
-    randomise_(model)
+    randomise_(model, torch.Generator().manual_seed(0))
     cpu = torch.device("cpu")
     return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
 
