@@ -1,8 +1,8 @@
 """DNP Guidance: diffusion-negative prompting, S-CFG, CFG schedules and loss guidance for ComfyUI."""
 
-from .nodes import dnp, dns, scfg, schedule
+from .nodes import dnp, dns, loss_guidance, scfg, schedule
 
-_NODE_MODULES = (schedule, dns, dnp, scfg)
+_NODE_MODULES = (schedule, dns, dnp, scfg, loss_guidance)
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}

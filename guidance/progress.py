@@ -41,3 +41,12 @@ def progress_from_sigma_position(sigma: torch.Tensor, sample_sigmas: torch.Tenso
 def progress_from_timestep(timestep: torch.Tensor, timestep_max: torch.Tensor) -> torch.Tensor:
     """tau = 1 - t / t_max, clamped to [0, 1] (t from the model's sigma -> timestep map)."""
     return (1 - timestep / timestep_max).clamp(0.0, 1.0)
+
+
+def next_sigma(sigma: torch.Tensor, sample_sigmas: torch.Tensor) -> torch.Tensor:
+    """The sampler's next step sigma after each entry of `sigma` (B,): the largest entry of the
+    decreasing `sample_sigmas` below it (0 past the end). Sub-step sigmas of multi-evaluation
+    samplers get the end of the step they are in."""
+    sigma = sigma.to(sample_sigmas)
+    below = sample_sigmas.view(1, -1) < sigma.view(-1, 1) * (1 - 1e-4)  # (B, n)
+    return torch.where(below, sample_sigmas.view(1, -1), torch.zeros_like(below, dtype=sample_sigmas.dtype)).amax(dim=1)

@@ -18,7 +18,7 @@ returns `denoised_in` unchanged.
 """
 
 from dataclasses import dataclass, field, replace
-from typing import Callable, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 
@@ -40,6 +40,12 @@ class GuidanceState:
     progress: tau in [0, 1] per batch entry, (B,), keyed by source (guidance.progress.SOURCES).
     scale: s as a float, (B,) or (B, 1, H, W); correction: additive x0 term (0 or like cond).
     captures: what the glue captured from the model in this evaluation (attention maps), by key.
+    sigma_next: the sampler's next step sigma (B,); seed: for terms that draw random numbers
+    (derived from the sampler's seed and the evaluation count, so runs repeat).
+    evaluator: the glue's access to the model for terms that re-evaluate it (loss guidance):
+    `.predictions(x)` -> (cond, uncond) at sigma (differentiable when grad is on), `.guided(x)`
+    -> the whole guided x0 at (x, sigma), `.step_start` (sigma is a step of the sampler's list).
+    deviation: what other packs' cfg / post-CFG functions added to plain CFG (apply_stack adds it).
     """
 
     cond: torch.Tensor
@@ -51,6 +57,10 @@ class GuidanceState:
     scale: Scale
     correction: Union[float, torch.Tensor] = 0.0
     captures: dict = None
+    sigma_next: Optional[torch.Tensor] = None
+    seed: int = 0
+    evaluator: Any = None
+    deviation: Union[float, torch.Tensor] = 0.0
 
     def edit(self, **changes) -> "GuidanceState":
         return replace(self, **changes)
@@ -130,6 +140,7 @@ def cfg_x0(cond: torch.Tensor, uncond: torch.Tensor, scale: Scale) -> torch.Tens
 def apply_stack(stack: GuidanceStack, denoised: torch.Tensor, state: GuidanceState) -> torch.Tensor:
     """Run the stack on one evaluation and compose with the incoming CFG result (see module doc)."""
     plain = cfg_x0(state.cond, state.uncond, state.base_scale)
-    out = stack.run(state)
+    deviation = denoised - plain
+    out = stack.run(state.edit(deviation=deviation))
     guided = cfg_x0(out.cond, out.uncond, out.scale) + out.correction
-    return guided + (denoised - plain)
+    return guided + deviation

@@ -1,7 +1,7 @@
 """Captioners for auto-DNP: BLIP, BLIP-2, LLaVA (1.5 and NeXT) through transformers' native classes.
 
-Models live in ComfyUI's models/captioners/ (registered with folder_paths, so extra_model_paths.yaml
-can add folders), one Hugging Face-format folder per model. Weights load from safetensors only,
+Models live in ComfyUI's models/captioners/ (nodes/model_files.py: registered with folder_paths, so
+extra_model_paths.yaml can add folders), one Hugging Face-format folder per model. Weights load from safetensors only,
 never with trust_remote_code. A known model missing on disk is downloaded when the machine is online
 (with a progress bar on the node); offline, the error says which files to put where. Device and
 dtype follow ComfyUI's model management: the model is loaded on demand and unloaded after use
@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import comfy.model_management as mm
 import comfy.model_patcher
-import comfy.utils
-import folder_paths
 import numpy as np
 import torch
 from PIL import Image
+
+from . import model_files
 
 log = logging.getLogger("dnp_guidance")
 
@@ -36,7 +36,6 @@ KNOWN_CAPTIONERS = (
     "llava-hf/llava-1.5-7b-hf",
     "llava-hf/llava-v1.6-mistral-7b-hf",
 )
-DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "tokenizer*"]
 
 
 # config.json model_type -> (model class, processor class) in transformers, imported on first load.
@@ -54,84 +53,27 @@ def family_classes(family: str) -> tuple:
     return tuple(getattr(transformers, name) for name in FAMILIES[family])
 
 
+FILES = (
+    "config.json, the *.safetensors weights, and the tokenizer / processor files: tokenizer*.json, "
+    "processor_config.json or preprocessor_config.json, special_tokens_map.json, vocab files"
+)
+
+
 def register_folder() -> None:
     """models/captioners/ as a ComfyUI model folder (extra_model_paths.yaml may add more)."""
-    folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER), is_default=True)
-
-
-def captioner_folders() -> list:
-    return folder_paths.get_folder_paths(FOLDER)
+    model_files.register_folder(FOLDER)
 
 
 def local_captioners() -> dict:
-    """name -> folder, for every model folder (config.json inside) up to two levels deep."""
-    found = {}
-    for root in captioner_folders():
-        if not os.path.isdir(root):
-            continue
-        for entry in sorted(os.listdir(root)):
-            path = os.path.join(root, entry)
-            if os.path.isfile(os.path.join(path, "config.json")):
-                found.setdefault(entry, path)
-            elif os.path.isdir(path):
-                for sub in sorted(os.listdir(path)):
-                    if os.path.isfile(os.path.join(path, sub, "config.json")):
-                        found.setdefault(f"{entry}/{sub}", os.path.join(path, sub))
-    return found
+    return model_files.local_models(FOLDER)
 
 
 def captioner_choices() -> list:
     return sorted(set(local_captioners()) | set(KNOWN_CAPTIONERS))
 
 
-def _offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE)
-
-
-def _missing_message(name: str, reason: str) -> str:
-    target = os.path.join(captioner_folders()[0], *name.split("/"))
-    return (
-        f"Captioner '{name}' is not on disk and {reason}. Put the model's files (config.json, the "
-        f"*.safetensors weights, and the tokenizer / processor files: tokenizer*.json, processor_config.json or "
-        f"preprocessor_config.json, special_tokens_map.json, vocab files) from https://huggingface.co/{name} "
-        f"into {target}/ (any folder listed for 'captioners' in extra_model_paths.yaml works too)."
-    )
-
-
-def download(name: str) -> str:
-    """Fetch a hub model into models/captioners/<owner>/<name>, with a progress bar on the node."""
-    if _offline():
-        raise FileNotFoundError(_missing_message(name, "the machine is offline (HF_HUB_OFFLINE is set)"))
-    from huggingface_hub import snapshot_download
-    from tqdm.auto import tqdm
-
-    target = os.path.join(captioner_folders()[0], *name.split("/"))
-    bar = comfy.utils.ProgressBar(100)
-
-    class NodeProgress(tqdm):
-        def update(self, n=1):
-            result = super().update(n)
-            if self.total:
-                bar.update_absolute(int(100 * self.n / self.total), 100)
-            return result
-
-    log.info("DNP Guidance: downloading captioner %s to %s", name, target)
-    try:
-        snapshot_download(name, local_dir=target, allow_patterns=DOWNLOAD_PATTERNS, tqdm_class=NodeProgress)
-    except Exception as error:  # network or hub errors: say what to do instead
-        raise FileNotFoundError(_missing_message(name, f"the download failed ({error})")) from error
-    return target
-
-
 def resolve(name: str) -> str:
-    local = local_captioners()
-    if name in local:
-        return local[name]
-    if "/" not in name:
-        raise FileNotFoundError(_missing_message(name, "is not a Hugging Face id to download"))
-    return download(name)
+    return model_files.resolve(FOLDER, name, FILES)
 
 
 def model_family(path: str) -> str:
@@ -143,16 +85,6 @@ def model_family(path: str) -> str:
             "LLaVA 1.5 (llava) and LLaVA-NeXT (llava_next)."
         )
     return family
-
-
-class ManagedModule(torch.nn.Module):
-    """Holds a transformers model for ComfyUI's ModelPatcher, which sets `.device` on what it manages
-    (a read-only property on transformers models)."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.inner = model
-        self.device = next(model.parameters()).device
 
 
 @dataclass
@@ -176,11 +108,7 @@ def _pick_dtype(choice: str, device) -> torch.dtype:
 def load_captioner(name: str, dtype: str = "auto", keep_loaded: bool = False) -> Captioner:
     path = resolve(name)
     family = model_family(path)
-    if not any(f.endswith(".safetensors") for f in os.listdir(path)):
-        raise ValueError(
-            f"Captioner '{name}' at {path} has no .safetensors weights. The pack only loads safetensors "
-            "(pickle .bin files can run code); download the safetensors version of the model."
-        )
+    model_files.require_safetensors(path, name)
     model_cls, processor_cls = family_classes(family)
     load_device, offload_device = mm.text_encoder_device(), mm.text_encoder_offload_device()
     torch_dtype = _pick_dtype(dtype, load_device)
@@ -195,7 +123,7 @@ def load_captioner(name: str, dtype: str = "auto", keep_loaded: bool = False) ->
             "They may be corrupt or incomplete: delete that folder and download the model again."
         ) from error
     patcher = comfy.model_patcher.ModelPatcher(
-        ManagedModule(model.to(offload_device)), load_device=load_device, offload_device=offload_device
+        model_files.ManagedModule(model.to(offload_device)), load_device=load_device, offload_device=offload_device
     )
     return Captioner(name, family, patcher, processor, torch_dtype, keep_loaded)
 

@@ -11,16 +11,25 @@ import math
 from dataclasses import dataclass, field
 
 import comfy.patcher_extension
+import comfy.samplers
 import torch
 
-from ..guidance.progress import SIGMA_POSITION, TIMESTEP, progress_from_sigma_position, progress_from_timestep
+from ..guidance.progress import (
+    SIGMA_POSITION,
+    TIMESTEP,
+    next_sigma,
+    progress_from_sigma_position,
+    progress_from_timestep,
+)
 from ..guidance.stack import GuidanceStack, GuidanceState, GuidanceTerm, apply_stack
+from .differentiable import call_differentiably
 
 log = logging.getLogger("dnp_guidance")
 
 STACK_KEY = "dnp_guidance"
 RUN_KEY = "dnp_guidance_run"
 WRAPPER_KEY = "dnp_guidance"
+DIVERGED = 1e6  # |latent| beyond this is a diverged run (real latents stay within tens)
 
 
 @dataclass
@@ -29,10 +38,14 @@ class RunState:
 
     captures: collectors that model patches (attention capture) fill during one evaluation; the hook
     finalizes them into GuidanceState.captures and empties them, so nothing outlives the step.
+    seed: the sampler's seed (terms draw their random numbers from it); travelling: a time-travel
+    re-evaluation is in progress (it must not travel again).
     """
 
     hook_calls: int = 0
     captures: dict = field(default_factory=dict)
+    seed: int = 0
+    travelling: bool = False
 
     def take_captures(self) -> dict:
         taken = {key: collector.finalize() for key, collector in self.captures.items()}
@@ -84,7 +97,7 @@ def run_wrapper(executor, noise, latent_image, *args, **kwargs):
     stack = options.get(STACK_KEY)
     if stack is not None and stack.terms:
         check_run(stack, guider, latent_image)
-    run = RunState()
+    run = RunState(seed=_sampler_seed(args, kwargs))
     options[RUN_KEY] = run
     transformer_options = options.setdefault("transformer_options", {})
     transformer_options[RUN_KEY] = run  # reaches attention patches as extra_options[RUN_KEY]
@@ -96,6 +109,12 @@ def run_wrapper(executor, noise, latent_image, *args, **kwargs):
     if stack is not None and stack.terms:
         check_result(stack, run, result)
     return result
+
+
+def _sampler_seed(args: tuple, kwargs: dict) -> int:
+    """The seed argument of CFGGuider.outer_sample (after sampler, sigmas, denoise_mask, callback, disable_pbar)."""
+    seed = kwargs.get("seed", args[5] if len(args) > 5 else None)
+    return int(seed or 0)
 
 
 def _describe(stack: GuidanceStack) -> str:
@@ -113,6 +132,10 @@ def check_run(stack: GuidanceStack, guider, latent_image: torch.Tensor) -> None:
         )
     if "distinct_prompts" in needed:
         _check_distinct_prompts(guider, needed["distinct_prompts"])
+    for term in stack.terms:
+        check_latent = term.params.get("check_latent")
+        if check_latent is not None:
+            check_latent(tuple(latent_image.shape))
     if torch.isnan(latent_image).any():
         raise ValueError("DNP Guidance: the input latent contains NaN values. Check the node that made it.")
 
@@ -138,7 +161,7 @@ def _check_distinct_prompts(guider, descriptions: list) -> None:
 
 
 def check_result(stack: GuidanceStack, run: RunState, result: torch.Tensor) -> None:
-    """Once per run, after sampling: the stack ran, and produced finite values."""
+    """Once per run, after sampling: the stack ran, and produced finite values of a sane size."""
     if run.hook_calls == 0:
         log.warning(
             "DNP Guidance: %s was on this MODEL but never ran in this sampling run. A node applied after "
@@ -146,10 +169,13 @@ def check_result(stack: GuidanceStack, run: RunState, result: torch.Tensor) -> N
             "Apply the DNP Guidance nodes last, or use KSampler / CFGGuider.",
             _describe(stack),
         )
-    if not torch.isfinite(result).all():
+    finite = bool(torch.isfinite(result).all())
+    largest = float(result.abs().max()) if finite and result.numel() else 0.0
+    if not finite or largest > DIVERGED:
+        what = "NaN or infinite values" if not finite else f"diverged values (|latent| up to {largest:.3g})"
         raise ValueError(
-            f"DNP Guidance: sampling with {_describe(stack)} produced NaN or infinite values. "
-            "Lower the guidance scale (cfg, DNS scale, or the schedule's peak)."
+            f"DNP Guidance: sampling with {_describe(stack)} produced {what}. "
+            "Lower the guidance scale (cfg, DNS scale, the schedule's peak, or the loss guidance scale)."
         )
 
 
@@ -181,6 +207,7 @@ def guidance_hook(args: dict) -> torch.Tensor:
         run.hook_calls += 1
         captures = run.take_captures()
     sigma = args["sigma"]
+    sample_sigmas = options.get("transformer_options", {}).get("sample_sigmas")
     state = GuidanceState(
         cond=args["cond_denoised"],
         uncond=args["uncond_denoised"],
@@ -190,5 +217,57 @@ def guidance_hook(args: dict) -> torch.Tensor:
         progress=progress_by_source(sigma, options, args["model"].model_sampling),
         scale=float(args["cond_scale"]),
         captures=captures,
+        sigma_next=None if sample_sigmas is None else next_sigma(sigma, sample_sigmas),
+        seed=0 if run is None else (run.seed * 1_000_003 + run.hook_calls) % 2**63,
+        evaluator=SamplerEvaluator(args, run),
     )
     return apply_stack(stack, denoised, state)
+
+
+def _without_run(model_options: dict) -> dict:
+    """model_options for an extra model call whose attention must not be captured for the step."""
+    options = dict(model_options)
+    options["transformer_options"] = {
+        key: value for key, value in model_options.get("transformer_options", {}).items() if key != RUN_KEY
+    }
+    options.pop(RUN_KEY, None)
+    return options
+
+
+class SamplerEvaluator:
+    """GuidanceState.evaluator: the sampler's model at this evaluation's sigma, for terms that call it again."""
+
+    def __init__(self, args: dict, run: RunState):
+        self.args = args
+        self.run = run
+
+    @property
+    def step_start(self) -> bool:
+        """sigma is one of the sampler's step sigmas (not a sub-step, not inside time travel); a host sync."""
+        sample_sigmas = self.args["model_options"].get("transformer_options", {}).get("sample_sigmas")
+        if self.run is None or self.run.travelling or sample_sigmas is None:
+            return False
+        sigma = self.args["sigma"].to(sample_sigmas)
+        return bool(torch.isclose(sample_sigmas[:-1].view(1, -1), sigma.view(-1, 1), rtol=1e-4).any(dim=1).all())
+
+    def predictions(self, x: torch.Tensor) -> tuple:
+        """(cond, uncond) x0 predictions at x, differentiable in x (call with grad enabled)."""
+        model, args = self.args["model"], self.args
+        options = _without_run(args["model_options"])
+
+        def both(values):
+            return comfy.samplers.calc_cond_batch(model, [args["cond"], args["uncond"]], values, args["sigma"], options)
+
+        cond, uncond = call_differentiably(model, both, x)
+        return cond, uncond
+
+    def guided(self, x: torch.Tensor) -> torch.Tensor:
+        """The whole guided x0 (every pack's cfg and post-CFG functions) at (x, sigma), no time travel."""
+        args = self.args
+        self.run.travelling = True
+        try:
+            return comfy.samplers.sampling_function(
+                args["model"], x, args["sigma"], args["uncond"], args["cond"], args["cond_scale"], args["model_options"]
+            )
+        finally:
+            self.run.travelling = False

@@ -335,12 +335,73 @@ def scfg_compare(object_info: dict) -> dict:
     return graph.to_json()
 
 
+def loss_guidance_compare(object_info: dict) -> dict:
+    graph = Graph(object_info)
+    checkpoint, pos, neg, latent = text_to_image_base(graph, FOX, "blurry, low quality")
+    clip = graph.add("DNPG_GuidanceClipLoader", (20, 640), clip_name="openai/clip-vit-base-patch32", dtype="auto")
+    loss = graph.add(
+        "DNPG_ClipTextLoss",
+        (380, 560),
+        size=(380, 160),
+        guidance_clip=clip.out(0),
+        text="a vivid orange fox, bright sunlight",
+        weight=1.0,
+    )
+    guided = graph.add(
+        "DNPG_LossGuidance",
+        (800, 480),
+        size=(340, 420),
+        model=checkpoint.out("MODEL"),
+        losses=loss.out(0),
+        vae=checkpoint.out("VAE"),
+        scale=0.005,
+        step_rule="polyak",
+        gradient="x0 estimate",
+        decoder="vae",
+        augmentations=10,
+        augmentation_strength=1.0,
+        start=0.0,
+        end=0.8,
+        time_travel_repeats=1,
+        time_travel_start=0.2,
+        time_travel_end=0.7,
+        progress_source="sigma position",
+    )
+    final_branch(
+        graph, checkpoint, pos.out(0), neg.out(0), latent, (1180, 60), "dnpg_plain_cfg", "KSampler (plain CFG)"
+    )
+    final_branch(
+        graph,
+        checkpoint,
+        pos.out(0),
+        neg.out(0),
+        latent,
+        (1180, 520),
+        "dnpg_loss_guided",
+        "KSampler (CLIP-guided)",
+        guided.out(0),
+    )
+    graph.add(
+        "Note",
+        (20, 800),
+        size=(340, 320),
+        text="Loss guidance (Shen et al., NeurIPS 2024) vs plain CFG, same seed\n\n"
+        "At every step in the window the x0 estimate is decoded and CLIP compares it with the CLIP Text Loss "
+        "text; the sampler is nudged down that loss's gradient (Polyak step, 10 random augmentations).\n\n"
+        "scale is the Polyak eta: start around 0.002-0.02 for CLIP losses at 512 px; too large gives burnt "
+        "colours or NaN (the node then says so). time_travel_repeats > 1 repeats steps (slower, stronger). "
+        "The CLIP model (~600 MB) downloads into models/clip_guidance/ on first use.",
+    )
+    return graph.to_json()
+
+
 WORKFLOWS = {
     "cfg_schedule.json": cfg_schedule,
     "dnp_manual.json": dnp_manual,
     "dnp_auto.json": dnp_auto,
     "dnp_auto_compare.json": dnp_auto_compare,
     "scfg.json": scfg_compare,
+    "loss_guidance.json": loss_guidance_compare,
 }
 
 

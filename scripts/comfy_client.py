@@ -161,11 +161,17 @@ def available_checkpoints(object_info: dict) -> list:
 
 
 def adapt_prompt(
-    prompt: dict, object_info: dict, checkpoint: str = None, size: int = None, steps: int = None, captioner: str = None
+    prompt: dict,
+    object_info: dict,
+    checkpoint: str = None,
+    size: int = None,
+    steps: int = None,
+    captioner: str = None,
+    guidance_clip: str = None,
 ) -> dict:
     """Point every checkpoint loader whose model is missing on this server at `checkpoint`, every
-    captioner loader at `captioner` (if given), and optionally shrink image sides to `size` px and
-    step counts to `steps` (a quick run of a shipped graph)."""
+    captioner loader at `captioner` and every Guidance CLIP Loader at `guidance_clip` (if given), and
+    optionally shrink image sides to `size` px and step counts to `steps` (a quick run of a shipped graph)."""
     installed = available_checkpoints(object_info)
     for node in prompt.values():
         inputs = node["inputs"]
@@ -175,6 +181,8 @@ def adapt_prompt(
             inputs["ckpt_name"] = checkpoint
         if captioner and "captioner_name" in inputs:
             inputs["captioner_name"] = captioner
+        if guidance_clip and node["class_type"] == "DNPG_GuidanceClipLoader":
+            inputs["clip_name"] = guidance_clip
         if size and isinstance(inputs.get("width"), int) and isinstance(inputs.get("height"), int):
             inputs["width"] = inputs["height"] = size
         if steps and isinstance(inputs.get("steps"), int):

@@ -1,11 +1,12 @@
 """Build tiny captioners with seeded random weights (BLIP, BLIP-2 with OPT and T5, LLaVA 1.5 and
-LLaVA-NeXT), in Hugging Face format.
+LLaVA-NeXT) and a tiny CLIP for the loss-guidance tests, in Hugging Face format.
 
 Each lands in OUT/<name>/ with config.json, model.safetensors and its processor files, so the
 pack's real loader (transformers' native classes, safetensors only) loads it like a downloaded
 model. Small vocabularies, 2-layer towers, 32 px images: a few MB each, built in seconds.
 
     python scripts/make_tiny_captioners.py OUT [--only blip,blip2,blip2-t5,llava,llava-next]
+    python scripts/make_tiny_captioners.py OUT --only clip
 """
 
 import argparse
@@ -22,7 +23,9 @@ from transformers import (
     BlipForConditionalGeneration,
     BlipImageProcessor,
     BlipProcessor,
+    CLIPConfig,
     CLIPImageProcessor,
+    CLIPModel,
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaNextConfig,
@@ -213,7 +216,30 @@ def build_llava_next(out: str) -> None:
     save(model.eval(), processor, out, len(LLAVA_SPECIALS))
 
 
+def build_clip(out: str) -> None:
+    """A CLIP model (both towers) for the pack's CLIP losses, loaded by Guidance CLIP Loader."""
+    tokenizer = word_tokenizer(["<pad>", "<unk>", "<s>", "</s>"])
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=32,
+        bos_token_id=2,
+        eos_token_id=3,
+        pad_token_id=0,
+    )
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=VISION, projection_dim=32)).eval()
+    os.makedirs(out, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    CLIPImageProcessor(size={"shortest_edge": IMAGE}, crop_size={"height": IMAGE, "width": IMAGE}).save_pretrained(out)
+
+
+CAPTIONERS = ("blip", "blip2", "blip2-t5", "llava", "llava-next")
 BUILDERS = {
+    "clip": build_clip,
     "blip": build_blip,
     "blip2": build_blip2,
     "blip2-t5": build_blip2_t5,
@@ -225,7 +251,7 @@ BUILDERS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out")
-    parser.add_argument("--only", default=",".join(BUILDERS))
+    parser.add_argument("--only", default=",".join(CAPTIONERS), help=f"some of {', '.join(BUILDERS)}")
     args = parser.parse_args()
     torch.manual_seed(0)
     for name in args.only.split(","):

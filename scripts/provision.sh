@@ -59,7 +59,7 @@ link_pack() {
 }
 
 write_model_paths() {
-  mkdir -p "$MODELS"/{checkpoints,diffusion_models,captioners,clip_vision}
+  mkdir -p "$MODELS"/{checkpoints,diffusion_models,captioners,clip_vision,clip_guidance}
   cat >"$DNPG_HOME/extra_model_paths.yaml" <<YAML
 dnp_guidance_test:
     base_path: $MODELS
@@ -67,6 +67,7 @@ dnp_guidance_test:
     diffusion_models: diffusion_models
     captioners: captioners
     clip_vision: clip_vision
+    clip_guidance: clip_guidance
 YAML
 }
 
@@ -86,8 +87,9 @@ build_tiny_captioners() {
   local recipe="$PACK_DIR/scripts/make_tiny_captioners.py" stamp="$MODELS/captioners/.dnpg-tiny.recipe" want
   want="$(sha256sum "$recipe" | cut -c1-16)"
   if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
-    log "building the tiny random captioners (BLIP, BLIP-2, LLaVA) in $MODELS/captioners"
+    log "building the tiny random captioners (BLIP, BLIP-2, LLaVA) and CLIP in $MODELS"
     "$VENV/bin/python" "$recipe" "$MODELS/captioners" >&2
+    "$VENV/bin/python" "$recipe" "$MODELS/clip_guidance" --only clip >&2
     echo "$want" >"$stamp"
   fi
 }

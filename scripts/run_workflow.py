@@ -4,7 +4,8 @@
 
 The workflow (default: workflows/dnp_auto.json, the auto-DNP graph) is converted from UI to API
 format with the server's /object_info; checkpoints that are not installed are replaced by the tiny
-random SD1.5 checkpoint (or --checkpoint) and captioners by the tiny random BLIP (or --captioner).
+random SD1.5 checkpoint (or --checkpoint), captioners by the tiny random BLIP (or --captioner) and
+guidance CLIP models by the tiny random CLIP (or --guidance-clip).
 """
 
 import argparse
@@ -21,6 +22,7 @@ PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_WORKFLOW = os.path.join(PACK_DIR, "workflows", "dnp_auto.json")
 TINY_CHECKPOINT = "dnpg_tiny_sd15.safetensors"
 TINY_CAPTIONER = "dnpg-tiny-blip"
+TINY_CLIP = "dnpg-tiny-clip"
 
 
 def parse_args():
@@ -29,6 +31,9 @@ def parse_args():
     parser.add_argument("--checkpoint", default=TINY_CHECKPOINT, help="used where the workflow's checkpoint is missing")
     parser.add_argument(
         "--captioner", default=TINY_CAPTIONER, help="captioner for every Captioner Loader ('keep': the workflow's own)"
+    )
+    parser.add_argument(
+        "--guidance-clip", default=TINY_CLIP, help="model for every Guidance CLIP Loader ('keep': the workflow's own)"
     )
     parser.add_argument("--size", type=int, help="override EmptyLatentImage width and height (px)")
     parser.add_argument("--steps", type=int, help="override every sampler's step count")
@@ -47,9 +52,14 @@ def main() -> int:
         with open(args.workflow) as handle:
             workflow = json.load(handle)
         object_info = client.get("/object_info")
-        captioner = None if args.captioner == "keep" else args.captioner
         prompt = adapt_prompt(
-            ui_to_api(workflow, object_info), object_info, args.checkpoint, args.size, args.steps, captioner
+            ui_to_api(workflow, object_info),
+            object_info,
+            args.checkpoint,
+            args.size,
+            args.steps,
+            captioner=None if args.captioner == "keep" else args.captioner,
+            guidance_clip=None if args.guidance_clip == "keep" else args.guidance_clip,
         )
         entry = client.run(prompt)
         saved = [img for _, img in client.output_images(entry) if img["type"] == "output"]

@@ -16,6 +16,7 @@ WORKFLOW_FILES = sorted(glob.glob(os.path.join(PACK_DIR, "workflows", "*.json"))
 QUICK_WIDGETS = {
     "ckpt_name": TINY_CHECKPOINT,
     "captioner_name": "dnpg-tiny-blip",
+    "clip_name": "dnpg-tiny-clip",  # only Guidance CLIP Loader has it in the shipped graphs
     "width": 128,
     "height": 128,
     "steps": 3,
@@ -60,7 +61,9 @@ def errors_of(tab) -> list:
 
 
 def finished_prompts(server) -> set:
-    return {pid for pid, entry in server.get("/history").items() if entry.get("status", {}).get("completed")}
+    """Prompts that ended, successfully or with an error (a failed prompt fails its test at once)."""
+    ended = ("success", "error")
+    return {pid for pid, entry in server.get("/history").items() if entry.get("status", {}).get("status_str") in ended}
 
 
 def wait_for_new_prompt(server, before: set, timeout: float = 300.0) -> dict:

@@ -15,7 +15,13 @@ from PIL import Image
 pytestmark = pytest.mark.server
 
 WORKFLOW_FILES = sorted(glob.glob(os.path.join(PACK_DIR, "workflows", "*.json")))
-QUICK = {"checkpoint": TINY_CHECKPOINT, "size": 128, "steps": 3, "captioner": "dnpg-tiny-blip"}
+QUICK = {
+    "checkpoint": TINY_CHECKPOINT,
+    "size": 128,
+    "steps": 3,
+    "captioner": "dnpg-tiny-blip",
+    "guidance_clip": "dnpg-tiny-clip",
+}
 
 
 def load_workflow(path):
@@ -153,3 +159,49 @@ def test_scfg_at_cfg_one_says_it_needs_the_uncond_pass(server):
     with pytest.raises(ComfyError) as error:
         server.run(prompt)
     assert "Set the sampler's cfg above 1" in json.dumps(error.value.details)
+
+
+def loss_prompt(server):
+    return quick_prompt(server, os.path.join(PACK_DIR, "workflows", "loss_guidance.json"))
+
+
+def node_id_of_type(prompt, class_type):
+    return next(key for key, node in prompt.items() if node["class_type"] == class_type)
+
+
+def assert_next_loss_prompt_runs(server):
+    fixed = loss_prompt(server)
+    node_of_type(fixed, "DNPG_LossGuidance")["inputs"]["scale"] = 0.01
+    assert server.output_images(server.run(fixed))
+
+
+def test_loss_guidance_mask_of_another_aspect_ratio_is_a_clear_error_and_the_next_prompt_runs(server):
+    prompt = loss_prompt(server)
+    clip_loss = node_id_of_type(prompt, "DNPG_ClipTextLoss")
+    prompt["900"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 256, "height": 64}}
+    prompt["901"] = {
+        "class_type": "DNPG_ColourTargetLoss",
+        "inputs": {"colour": "#FF0000", "weight": 1.0, "add_to": [clip_loss, 0], "mask": ["900", 0]},
+    }
+    node_of_type(prompt, "DNPG_LossGuidance")["inputs"]["losses"] = ["901", 0]
+    with pytest.raises(ComfyError) as error:
+        server.run(prompt)
+    assert "mask is 256x64 but the image being generated is 128x128" in json.dumps(error.value.details)
+    assert_next_loss_prompt_runs(server)
+
+
+def test_loss_guidance_without_losses_is_refused_naming_the_input(server):
+    prompt = loss_prompt(server)
+    del node_of_type(prompt, "DNPG_LossGuidance")["inputs"]["losses"]
+    with pytest.raises(ComfyError) as error:
+        server.queue(prompt)
+    assert "losses" in json.dumps(error.value.details["node_errors"])
+
+
+def test_loss_guidance_huge_scale_is_a_clear_error_and_the_next_prompt_runs(server):
+    prompt = loss_prompt(server)
+    node_of_type(prompt, "DNPG_LossGuidance")["inputs"]["scale"] = 1000.0
+    with pytest.raises(ComfyError) as error:
+        server.run(prompt)
+    assert "Lower the guidance scale" in json.dumps(error.value.details)
+    assert_next_loss_prompt_runs(server)
