@@ -303,6 +303,8 @@ def loss_guidance_term(
     """
 
     def apply(state: GuidanceState) -> GuidanceState:
+        if config.scale == 0 and config.travel_repeats <= 1:
+            return state  # nothing to add: skip the backward pass
         tau = state.progress[config.progress_source]
         active = _in_window(tau, config.start, config.end)
         if not bool(active.any()):

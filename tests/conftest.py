@@ -4,6 +4,7 @@ Run the suite with `bash scripts/test.sh`, which provisions ComfyUI and sets the
 """
 
 import os
+import socket
 import sys
 
 import pytest
@@ -61,3 +62,15 @@ def server(tmp_path_factory):
         yield client
     finally:
         instance.stop()
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any connection attempt fails the test; the Hugging Face hub client is offline."""
+    import huggingface_hub.constants
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the code under test tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)

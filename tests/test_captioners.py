@@ -3,7 +3,6 @@ temporary models folder."""
 
 import os
 import shutil
-import socket
 
 import make_tiny_captioners
 import pytest
@@ -26,18 +25,6 @@ def captioners_dir(comfy, tmp_path_factory):
         build(str(root / f"dnpg-tiny-{name}"))
     comfy.folder_paths.add_model_folder_path("captioners", str(root), is_default=True)
     return root
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Any connection attempt fails the test; the hub client is offline."""
-    import huggingface_hub.constants
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the captioner code tried to open a network connection")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
 def loader(comfy):

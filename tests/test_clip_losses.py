@@ -2,7 +2,6 @@
 models/clip_guidance/, and a tiny ComfyUI CLIP vision model."""
 
 import json
-import socket
 
 import comfy_api_helpers as helpers
 import pytest
@@ -14,17 +13,6 @@ TINY_CLIP = "dnpg-tiny-clip"
 @pytest.fixture(scope="module")
 def clip(comfy):
     return comfy.pack.nodes.loss_guidance.GuidanceClipLoader().load(TINY_CLIP, "fp32")[0]
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    import huggingface_hub.constants
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the loader tried to open a network connection")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
 def guide(comfy, model, losses, vae, scale=0.05):
