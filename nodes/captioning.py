@@ -25,7 +25,6 @@ log = logging.getLogger("dnp_guidance")
 
 FOLDER = "captioners"
 DEFAULT_QUESTION = "Describe the main content of this image in one short sentence."
-DTYPES = {"auto": None, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 # Hub repositories the loader offers and can download (Hugging Face ids; llava-hf ports are native).
 KNOWN_CAPTIONERS = (
@@ -99,19 +98,13 @@ class Captioner:
     keep_loaded: bool
 
 
-def _pick_dtype(choice: str, device) -> torch.dtype:
-    if DTYPES[choice] is not None:
-        return DTYPES[choice]
-    return torch.float16 if mm.should_use_fp16(device, prioritize_performance=False) else torch.float32
-
-
 def load_captioner(name: str, dtype: str = "auto", keep_loaded: bool = False) -> Captioner:
     path = resolve(name)
     family = model_family(path)
     model_files.require_safetensors(path, name)
     model_cls, processor_cls = family_classes(family)
     load_device, offload_device = mm.text_encoder_device(), mm.text_encoder_offload_device()
-    torch_dtype = _pick_dtype(dtype, load_device)
+    torch_dtype = model_files.pick_dtype(dtype, load_device)
     try:
         model = model_cls.from_pretrained(
             path, dtype=torch_dtype, use_safetensors=True, local_files_only=True, trust_remote_code=False

@@ -7,7 +7,7 @@ import nodes as comfy_nodes
 import torch
 
 from ..guidance import dnp
-from . import captioning
+from . import captioning, model_files
 from .dns import patch_dns
 from .inputs import cfg_input, sampler_input, scheduler_input, seed_input, steps_input
 
@@ -31,7 +31,7 @@ class CaptionerLoader:
                     },
                 ),
                 "dtype": (
-                    list(captioning.DTYPES),
+                    list(model_files.DTYPES),
                     {"default": "auto", "tooltip": "Weights precision. auto: fp16 on GPUs that support it, else fp32."},
                 ),
                 "keep_loaded": (

@@ -73,9 +73,7 @@ def load_guidance_clip(name: str, dtype: str = "auto") -> GuidanceClip:
         raise ValueError(f"Guidance CLIP '{name}' at {path} is a '{family}' model; the loader needs a CLIP model.")
     model_files.require_safetensors(path, name)
     load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
-    torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}.get(dtype)
-    if torch_dtype is None:
-        torch_dtype = torch.float16 if mm.should_use_fp16(load_device, prioritize_performance=False) else torch.float32
+    torch_dtype = model_files.pick_dtype(dtype, load_device)
     try:
         with torch.inference_mode(False):  # plain tensors: the loss backpropagates through this model
             model = transformers.CLIPModel.from_pretrained(
@@ -342,7 +340,7 @@ class GuidanceClipLoader:
                     },
                 ),
                 "dtype": (
-                    ["auto", "fp16", "bf16", "fp32"],
+                    list(model_files.DTYPES),
                     {"tooltip": "Weights' precision; auto = fp16 on GPUs that support it, fp32 on CPU."},
                 ),
             }

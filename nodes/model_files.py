@@ -9,6 +9,7 @@ where. ComfyUI's ModelPatcher manages the loaded models (device, offload).
 import logging
 import os
 
+import comfy.model_management as mm
 import comfy.utils
 import folder_paths
 import torch
@@ -16,6 +17,14 @@ import torch
 log = logging.getLogger("dnp_guidance")
 
 DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "tokenizer*"]
+DTYPES = {"auto": None, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def pick_dtype(choice: str, device) -> torch.dtype:
+    """The weights' dtype for a loader's `dtype` input: auto = fp16 where the device supports it, else fp32."""
+    if DTYPES[choice] is not None:
+        return DTYPES[choice]
+    return torch.float16 if mm.should_use_fp16(device, prioritize_performance=False) else torch.float32
 
 
 def register_folder(kind: str) -> None:
