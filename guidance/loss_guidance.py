@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .progress import SIGMA_POSITION
-from .stack import PHASE_CORRECTION, GuidanceState, GuidanceTerm, cfg_x0
+from .stack import NEXT_SIGMA, PHASE_CORRECTION, GuidanceState, GuidanceTerm, cfg_x0
 
 TERM_NAME = "loss guidance"
 POLYAK, FIXED = "polyak", "fixed"
@@ -327,5 +327,6 @@ def loss_guidance_term(
         phase=PHASE_CORRECTION,
         apply=apply,
         description=description or f"loss guidance ({config.rule}, scale {config.scale:g})",
+        requires=(NEXT_SIGMA,),
         params={"config": config, "objective": objective},
     )

@@ -30,6 +30,8 @@ PHASE_DIRECTION = 1
 PHASE_RATE = 2
 PHASE_CORRECTION = 3
 
+NEXT_SIGMA = "next_sigma"  # a term requirement: the glue fills in GuidanceState.sigma_next
+
 
 @dataclass(frozen=True)
 class GuidanceState:
@@ -72,7 +74,8 @@ class GuidanceTerm:
 
     `requires` names run-level preconditions the ComfyUI glue checks once before sampling:
     "uncond_pass" (a sampler cfg of 1 would make the term meaningless) and "distinct_prompts"
-    (the positive and negative conditioning must differ). `params` are the arguments the term was
+    (the positive and negative conditioning must differ), and state the glue fills in only for terms
+    that ask: "next_sigma" (GuidanceState.sigma_next). `params` are the arguments the term was
     built with, so a node can rebuild it (e.g. with an observer).
     """
 

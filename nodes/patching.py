@@ -21,7 +21,7 @@ from ..guidance.progress import (
     progress_from_sigma_position,
     progress_from_timestep,
 )
-from ..guidance.stack import GuidanceStack, GuidanceState, GuidanceTerm, apply_stack
+from ..guidance.stack import NEXT_SIGMA, GuidanceStack, GuidanceState, GuidanceTerm, apply_stack
 from .differentiable import call_differentiably
 
 log = logging.getLogger("dnp_guidance")
@@ -208,6 +208,7 @@ def guidance_hook(args: dict) -> torch.Tensor:
         captures = run.take_captures()
     sigma = args["sigma"]
     sample_sigmas = options.get("transformer_options", {}).get("sample_sigmas")
+    wants_next = NEXT_SIGMA in stack.requirements() and sample_sigmas is not None
     state = GuidanceState(
         cond=args["cond_denoised"],
         uncond=args["uncond_denoised"],
@@ -217,7 +218,7 @@ def guidance_hook(args: dict) -> torch.Tensor:
         progress=progress_by_source(sigma, options, args["model"].model_sampling),
         scale=float(args["cond_scale"]),
         captures=captures,
-        sigma_next=None if sample_sigmas is None else next_sigma(sigma, sample_sigmas),
+        sigma_next=next_sigma(sigma, sample_sigmas) if wants_next else None,
         seed=0 if run is None else (run.seed * 1_000_003 + run.hook_calls) % 2**63,
         evaluator=SamplerEvaluator(args, run),
     )

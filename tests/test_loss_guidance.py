@@ -315,3 +315,10 @@ def test_objective_averages_views_and_weights_losses():
     second = losses.brightness_target(1.0, weight=0.5)
     value = losses.objective((first, second), x0, lg.Identity(), lambda v: v, lambda v: v)
     assert torch.allclose(value, torch.full((2,), 2.0 * 1.0 + 0.5 * 1.0))
+
+
+def test_term_asks_the_glue_for_the_next_sigma():
+    from guidance.stack import NEXT_SIGMA
+
+    term = lg.loss_guidance_term(lg.LossGuidanceConfig(scale=1.0), mean_objective(1.0))
+    assert NEXT_SIGMA in GuidanceStack().with_term(term).requirements()
