@@ -161,9 +161,9 @@ def clip_text_embedding(clip: GuidanceClip, text: str) -> torch.Tensor:
         return model.text_projection(model.text_model(**tokens).pooler_output).float().cpu()
 
 
-def image_embedding(embed, images: torch.Tensor, load) -> torch.Tensor:
-    """The embedding of ComfyUI IMAGEs (B, H, W, C) without gradients (a reference)."""
-    load()
+def image_embedding(embed, images: torch.Tensor, patcher) -> torch.Tensor:
+    """The embedding of ComfyUI IMAGEs (B, H, W, C) without gradients (a reference); `patcher` holds the model."""
+    mm.load_models_gpu([patcher])
     with torch.no_grad():
         return embed(images[..., :3].movedim(-1, 1).float()).cpu()
 
@@ -426,7 +426,7 @@ class ClipImageLoss:
             embed, patcher = guidance_clip_image_embedder(guidance_clip), guidance_clip.patcher
         else:
             embed, patcher = clip_vision_image_embedder(clip_vision), clip_vision.patcher
-        target = image_embedding(embed, image, lambda: mm.load_models_gpu([patcher]))
+        target = image_embedding(embed, image, patcher)
         return _chain(add_to, loss_maths.embedding_target("CLIP image", embed, target, weight, (patcher,)))
 
 

@@ -4,6 +4,7 @@ models/clip_guidance/, and a tiny ComfyUI CLIP vision model."""
 import json
 
 import comfy_api_helpers as helpers
+import make_tiny_captioners
 import pytest
 import torch
 
@@ -71,16 +72,11 @@ def tiny_clip_vision(tmp_path):
     import tiny_models
 
     config = dict(
+        make_tiny_captioners.VISION,
         hidden_act="quick_gelu",
-        hidden_size=32,
-        image_size=32,
-        intermediate_size=64,
         layer_norm_eps=1e-5,
         model_type="clip_vision_model",
-        num_attention_heads=2,
         num_channels=3,
-        num_hidden_layers=2,
-        patch_size=8,
         projection_dim=16,
     )
     path = tmp_path / "tiny_clip_vision.json"
