@@ -178,20 +178,23 @@ def run(size: Size, seed: int = 0) -> LabResults:
     run_guidance_claims(results, size, seed)
     run_loss_claims(results, size, seed)
     results.claims = guidance_claims(results) + loss_claims(results)
-    adherence = {
-        f"{space}: {name}": metrics["posterior"]
-        for space, by_scale in results.guidance.items()
-        for name, metrics in by_scale[SCALE][0].items()
-    }
-    modes = {
-        f"{space}: {name}": metrics["effective_modes"]
+    at_scale = {
+        f"{space}: {name}": metrics
         for space, by_scale in results.guidance.items()
         for name, metrics in by_scale[SCALE][0].items()
     }
     results.figures["lab_adherence.png"] = plots.stack_vertically(
         [
-            plots.bar_chart(f"adherence p(prompt class | x), s = {SCALE:g}", adherence, 1.0),
-            plots.bar_chart("diversity: effective number of the prompt class's 4 modes", modes, 4.0),
+            plots.bar_chart(
+                f"adherence p(prompt class | x), s = {SCALE:g}",
+                {label: m["posterior"] for label, m in at_scale.items()},
+                1.0,
+            ),
+            plots.bar_chart(
+                "diversity: effective number of the prompt class's 4 modes",
+                {label: m["effective_modes"] for label, m in at_scale.items()},
+                4.0,
+            ),
         ]
     )
     results.seconds = time.perf_counter() - start
