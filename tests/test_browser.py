@@ -4,6 +4,7 @@ it loads with no missing node types and no console errors, queues, and produces 
 import glob
 import json
 import os
+import re
 import time
 
 import pytest
@@ -13,14 +14,14 @@ pytestmark = pytest.mark.server
 
 CHROMIUM = "/usr/bin/chromium"
 WORKFLOW_FILES = sorted(glob.glob(os.path.join(PACK_DIR, "workflows", "*.json")))
-QUICK_WIDGETS = {
+# Model choices are picked from the combo's menu, as a user picks an installed model; sizes and steps
+# are typed values.
+QUICK_MODELS = {
     "ckpt_name": TINY_CHECKPOINT,
     "captioner_name": "dnpg-tiny-blip",
     "clip_name": "dnpg-tiny-clip",  # only Guidance CLIP Loader has it in the shipped graphs
-    "width": 128,
-    "height": 128,
-    "steps": 3,
 }
+QUICK_NUMBERS = {"width": 128, "height": 128, "steps": 3}
 # Console noise of the frontend itself on an offline machine without the template gallery package.
 BENIGN_CONSOLE = ("Failed to load resource", "Error loading core workflow templates", "Error fetching file size")
 FRONTEND_SETTINGS = {
@@ -50,10 +51,70 @@ def page(server):
         tab.on("pageerror", lambda error: tab.console_messages.append(("error", str(error))))
         tab.goto(server.base_url)
         tab.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=120_000)
+        os.makedirs(ARTIFACTS, exist_ok=True)
+        with open(os.path.join(ARTIFACTS, "frontend-version.txt"), "w") as out:
+            out.write(f"{tab.evaluate('window.__COMFYUI_FRONTEND_VERSION__ || null')}\n")
         try:
             yield tab
         finally:
             browser.close()
+
+
+def combo_widgets(tab, names) -> list:
+    """(node id, widget name) of every combo widget with one of `names`."""
+    return tab.evaluate(
+        """names => window.app.graph.nodes.flatMap(node => (node.widgets || [])
+            .filter(widget => widget.type === 'combo' && names.includes(widget.name))
+            .map(widget => [node.id, widget.name]))""",
+        list(names),
+    )
+
+
+def centre_on_node(tab, node_id) -> None:
+    """Scroll the canvas to the node and let it redraw there (widget positions are set by drawing)."""
+    tab.evaluate(
+        """id => {
+            const canvas = window.app.canvas;
+            canvas.centerOnNode(window.app.graph.getNodeById(id));
+            canvas.setDirty(true, true);
+        }""",
+        node_id,
+    )
+    tab.wait_for_timeout(500)
+
+
+def widget_centre_on_screen(tab, node_id, widget_name) -> tuple:
+    """Page coordinates of the middle of a widget of a node that is on screen."""
+    return tuple(
+        tab.evaluate(
+            """([id, name]) => {
+                const canvas = window.app.canvas, node = window.app.graph.getNodeById(id);
+                const widget = node.widgets.find(w => w.name === name);
+                const height = widget.computedHeight || window.LiteGraph.NODE_WIDGET_HEIGHT;
+                const [x, y] = canvas.ds.convertOffsetToCanvas([node.pos[0] + node.size[0] / 2, node.pos[1] + widget.y + height / 2]);
+                const rect = canvas.canvas.getBoundingClientRect();
+                return [rect.left + x, rect.top + y];
+            }""",
+            [node_id, widget_name],
+        )
+    )
+
+
+def choose_in_combo(tab, node_id, widget_name, value) -> None:
+    """Click the combo widget and then the menu entry `value`, as a user picks an installed model."""
+    centre_on_node(tab, node_id)
+    tab.mouse.click(*widget_centre_on_screen(tab, node_id, widget_name))
+    menu = tab.locator(".litecontextmenu").last
+    menu.wait_for(state="visible", timeout=10_000)
+    entry = menu.locator(".litemenu-entry").filter(has_text=re.compile(f"^{re.escape(value)}$"))
+    offered = menu.locator(".litemenu-entry").all_text_contents()
+    assert entry.count() == 1, f"{value!r} is not offered in the {widget_name} menu (it offers {offered})"
+    entry.click()
+    chosen = tab.evaluate(
+        "([id, name]) => window.app.graph.getNodeById(id).widgets.find(w => w.name === name).value",
+        [node_id, widget_name],
+    )
+    assert chosen == value, f"node {node_id}: choosing {value!r} in {widget_name} left {chosen!r}"
 
 
 def errors_of(tab) -> list:
@@ -88,11 +149,14 @@ def test_workflow_loads_queues_and_renders_in_the_frontend(page, server, path):
     )
     assert missing == []
     assert page.get_by_text("Missing Node Types").count() == 0
+    for node_id, name in combo_widgets(page, QUICK_MODELS):
+        choose_in_combo(page, node_id, name, QUICK_MODELS[name])
+    assert page.evaluate("window.app.graph.nodes.filter(n => n.has_errors).map(n => n.type)") == []
     page.evaluate(
         """quick => window.app.graph.nodes.forEach(node => (node.widgets || []).forEach(widget => {
             if (widget.name in quick) widget.value = quick[widget.name];
         }))""",
-        QUICK_WIDGETS,
+        QUICK_NUMBERS,
     )
     before = finished_prompts(server)
     page.evaluate("window.app.queuePrompt(0, 1)")
