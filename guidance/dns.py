@@ -16,6 +16,8 @@ swaps what is guided towards (the empty prompt) and away from (p); s = 1 gives t
 conditional-on-empty sample.
 """
 
+import math
+
 from .stack import PHASE_BASE, PHASE_DIRECTION, GuidanceState, GuidanceTerm
 
 
@@ -34,8 +36,8 @@ def dns_terms(scale: float = 0.0) -> list:
     With scale 0 DNS uses the sampler's cfg (and any CFG schedule shapes it as usual); a positive
     scale replaces the sampler's cfg as s0 for this model, schedules included.
     """
-    if scale < 0:
-        raise ValueError(f"DNS scale must be >= 0 (0 = use the sampler's cfg), got {scale}")
+    if not math.isfinite(scale) or scale < 0:
+        raise ValueError(f"DNS scale must be >= 0 and finite (0 = use the sampler's cfg), got dns_scale = {scale}")
     terms = [
         GuidanceTerm(
             "dns",

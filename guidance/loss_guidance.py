@@ -13,7 +13,11 @@ x = x0 + sigma * eps with x = x_vp / sqrt(abar) and sigma^2 = (1 - abar) / abar
   x_next -= step_vp * sqrt(1 + sigma_next^2). A sampler step from the x0 estimate D moves x by
   (1 - sigma_next / sigma) * D (Euler / DDIM in VE), so the x0 correction that realises the shift is
   delta_x0 = -step_vp * sqrt(1 + sigma_next^2) * sigma / (sigma - sigma_next): exact for Euler and
-  DDIM, the same direction for other samplers.
+  DDIM, the same direction for other samplers. sigma_next is the landing sigma of the sampler step
+  the evaluation is in: an evaluation inside a step (Heun's corrector at sigma_{i+1}, DPM-2's
+  midpoint) uses the step's sigma_i, sigma_{i+1} and the lever sigma / (sigma_i - sigma_{i+1})
+  (exact for DPM-2's midpoint, which alone sets the update; half the shift per evaluation of Heun's
+  average of two slopes; the same direction for DPM++ stages).
 - Alg. 1, random augmentation: g is averaged over N differentiable augmentations of the estimate.
 - Alg. 3, time travel: after the guided step to sigma_next, re-noise back to sigma,
   x_t = x_{t-1} + sqrt(sigma_t^2 - sigma_{t-1}^2) * n (the VP rule sqrt(beta) x + sqrt(1 - beta) n in
@@ -26,8 +30,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from .progress import SIGMA_POSITION
-from .stack import NEXT_SIGMA, PHASE_CORRECTION, GuidanceState, GuidanceTerm, cfg_x0
+from .progress import DEFAULT_SOURCE
+from .stack import PHASE_CORRECTION, SAMPLER_STEP, GuidanceState, GuidanceTerm, cfg_x0
 
 TERM_NAME = "loss guidance"
 POLYAK, FIXED = "polyak", "fixed"
@@ -74,10 +78,18 @@ def polyak_step(grad_vp: torch.Tensor, eps: torch.Tensor, scale: float, tiny: fl
     return scale * per_sample(factor, grad_vp) * grad_vp
 
 
-def x0_correction(step_vp: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
-    """The x0 change whose Euler / DDIM step moves x_next by -step_vp in VP (see module doc)."""
+def x0_correction(
+    step_vp: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor, sigma_start: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """The x0 change whose Euler / DDIM step moves x_next by -step_vp in VP (see module doc).
+
+    An evaluation inside a step (Heun's corrector, DPM-2's midpoint) at sigma, of the step from
+    sigma_start to sigma_next, moves x_next through its derivative (x - x0) / sigma times the
+    step's length: the lever is sigma / (sigma_start - sigma_next).
+    """
+    sigma_start = sigma if sigma_start is None else sigma_start
     lands = (1 + sigma_next**2).sqrt()
-    lever = sigma / (sigma - sigma_next).clamp(min=1e-12)
+    lever = sigma / (sigma_start - sigma_next).clamp(min=1e-12)
     return -step_vp * per_sample(lands * lever, step_vp)
 
 
@@ -225,7 +237,7 @@ class LossGuidanceConfig:
     travel_repeats: int = 1
     travel_start: float = 0.2
     travel_end: float = 0.7
-    progress_source: str = SIGMA_POSITION
+    progress_source: str = DEFAULT_SOURCE
 
     def __post_init__(self):
         if self.rule not in STEP_RULES:
@@ -316,7 +328,7 @@ def loss_guidance_term(
         if observer is not None:
             observer(state.sigma, losses)
         sigma_next = state.sigma_next if state.sigma_next is not None else torch.zeros_like(state.sigma)
-        delta = x0_correction(guidance_step(config, grad_ve, state), state.sigma, sigma_next)
+        delta = x0_correction(guidance_step(config, grad_ve, state), state.sigma, sigma_next, state.sigma_step)
         state = state.edit(correction=state.correction + delta * per_sample(active.to(delta), delta))
         if _travels(config, state, tau):
             state = time_travel(state, config.travel_repeats, generator)
@@ -327,6 +339,6 @@ def loss_guidance_term(
         phase=PHASE_CORRECTION,
         apply=apply,
         description=description or f"loss guidance ({config.rule}, scale {config.scale:g})",
-        requires=(NEXT_SIGMA,),
+        requires=(SAMPLER_STEP,),
         params={"config": config, "objective": objective},
     )

@@ -129,16 +129,26 @@ def _spatial(**tensors) -> dict:
     return {name: tensor for name, tensor in tensors.items() if tensor is not None}
 
 
-def check_aspect(losses: tuple, height: int, width: int) -> None:
-    """Before sampling: every target and mask has the generated image's aspect ratio."""
+def shown_size(loss: Loss, what: str, tensor: torch.Tensor, pixels_per_latent: int) -> str:
+    """'WxH px' of a target or mask; a latent-space reference also in latent cells (masks are images)."""
+    h0, w0 = tensor.shape[-2:]
+    if loss.space == LATENT and what == "reference":
+        return f"{w0 * pixels_per_latent}x{h0 * pixels_per_latent} px ({w0}x{h0} latent cells)"
+    return f"{w0}x{h0} px"
+
+
+def check_aspect(losses: tuple, height: int, width: int, pixels_per_latent: int = 8) -> None:
+    """Before sampling: every target and mask has the generated image's aspect ratio (height and width
+    in pixels; a latent cell is pixels_per_latent pixels)."""
     for loss in losses:
         for what, tensor in loss.spatial.items():
             h0, w0 = tensor.shape[-2:]
             if aspect_mismatch(h0, w0, height, width):
+                size = shown_size(loss, what, tensor, pixels_per_latent)
                 raise ValueError(
-                    f"{loss.name} loss: the {what} is {w0}x{h0} but the image being generated is {width}x{height}; "
+                    f"{loss.name} loss: the {what} is {size} but the image being generated is {width}x{height} px; "
                     "the aspect ratios differ. Resize or crop the "
-                    f"{what} to {width}x{height} (e.g. with Upscale Image / Crop), or generate at its size."
+                    f"{what} to {width}x{height} px (e.g. with Upscale Image / Crop), or generate at its size."
                 )
 
 

@@ -1,18 +1,26 @@
-"""Sampling progress tau in [0, 1] (0 = noisiest step), from where ComfyUI's sampler is.
+"""Sampling progress tau in [0, 1] (0 = noisiest), from where ComfyUI's sampler is.
 
-Two sources (shared/reference/conventions.md, "Time and noise"):
-- sigma position: where the current sigma lies in the sampler's own sigma list, interpolated in
-  log-sigma between entries. Intermediate evaluations of multi-evaluation samplers (Heun, DPM-2)
-  get fractional positions, and a run with denoise < 1 or a partial step range spans 0 -> 1.
-- timestep: tau = 1 - t(sigma) / t(sigma_max), the model's own time; the same sigma gives the same
-  tau in every run (split KSamplerAdvanced passes continue one curve; denoise < 1 starts partway).
+Two sources:
+- timestep (the default): tau = 1 - t(sigma) / t(sigma_max), the model's own time, as Wang et al.
+  (arXiv 2404.13040) define their schedules over t / T. It is a function of the noise level alone,
+  so the guided ODE is the same field in every run: a run split into chained KSamplerAdvanced
+  passes gives every step the tau of the unsplit run, a run with denoise < 1 starts partway along
+  the curve (where its first sigma is), and every sub-step of a multi-evaluation sampler (Heun,
+  DPM-2) gets the tau of its own sigma.
+- sigma position: where the current sigma lies in this sampler run's own sigma list, interpolated
+  in log-sigma between entries (0 at the run's first step, 1 at its last). Every run spans 0 -> 1:
+  a second chained pass or a denoise < 1 run replays the curve from its start, which is what a
+  user wants only to stretch a schedule over a partial run on purpose.
+For the "normal" scheduler the two agree; on others they differ by the scheduler's warp of time
+(benchmarks/progress_sources.py measures it per scheduler).
 """
 
 import torch
 
 SIGMA_POSITION = "sigma position"
 TIMESTEP = "timestep"
-SOURCES = (SIGMA_POSITION, TIMESTEP)
+SOURCES = (TIMESTEP, SIGMA_POSITION)
+DEFAULT_SOURCE = TIMESTEP
 _TINY = 1e-12
 
 

@@ -35,6 +35,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .progress import DEFAULT_SOURCE
 from .stack import PHASE_RATE, GuidanceState, GuidanceTerm, broadcast_scale
 
 RATE_MIN, RATE_MAX, SCALE_CAP = 0.8, 3.0, 15.0
@@ -170,7 +171,7 @@ def scfg_term(
     capture_key: str,
     start: float = 0.0,
     end: float = 1.0,
-    progress_source: str = "sigma position",
+    progress_source: str = DEFAULT_SOURCE,
     observer=None,
     **options,
 ) -> GuidanceTerm:

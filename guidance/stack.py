@@ -30,7 +30,7 @@ PHASE_DIRECTION = 1
 PHASE_RATE = 2
 PHASE_CORRECTION = 3
 
-NEXT_SIGMA = "next_sigma"  # a term requirement: the glue fills in GuidanceState.sigma_next
+SAMPLER_STEP = "sampler_step"  # a term requirement: the glue fills in the step fields of GuidanceState
 
 
 @dataclass(frozen=True)
@@ -42,11 +42,14 @@ class GuidanceState:
     progress: tau in [0, 1] per batch entry, (B,), keyed by source (guidance.progress.SOURCES).
     scale: s as a float, (B,) or (B, 1, H, W); correction: additive x0 term (0 or like cond).
     captures: what the glue captured from the model in this evaluation (attention maps), by key.
-    sigma_next: the sampler's next step sigma (B,); seed: for terms that draw random numbers
-    (derived from the sampler's seed and the evaluation count, so runs repeat).
+    sigma_step, sigma_next: (B,) start and landing sigma of the sampler step this evaluation is in
+    (sigma_i and sigma_{i+1}; a sub-step of Heun, DPM-2 or dpmpp_sde is inside [sigma_{i+1}, sigma_i]).
+    seed: for terms that draw random numbers (derived from the sampler's seed, the step's sigma and
+    the evaluation's place in the step, so runs, and runs split into chained passes, repeat).
     evaluator: the glue's access to the model for terms that re-evaluate it (loss guidance):
     `.predictions(x)` -> (cond, uncond) at sigma (differentiable when grad is on), `.guided(x)`
-    -> the whole guided x0 at (x, sigma), `.step_start` (sigma is a step of the sampler's list).
+    -> the whole guided x0 at (x, sigma), `.step_start` (the first evaluation of a sampler step,
+    not a sub-step and not inside time travel).
     deviation: what other packs' cfg / post-CFG functions added to plain CFG (apply_stack adds it).
     """
 
@@ -60,6 +63,7 @@ class GuidanceState:
     correction: Union[float, torch.Tensor] = 0.0
     captures: dict = None
     sigma_next: Optional[torch.Tensor] = None
+    sigma_step: Optional[torch.Tensor] = None
     seed: int = 0
     evaluator: Any = None
     deviation: Union[float, torch.Tensor] = 0.0
@@ -75,7 +79,7 @@ class GuidanceTerm:
     `requires` names run-level preconditions the ComfyUI glue checks once before sampling:
     "uncond_pass" (a sampler cfg of 1 would make the term meaningless) and "distinct_prompts"
     (the positive and negative conditioning must differ), and state the glue fills in only for terms
-    that ask: "next_sigma" (GuidanceState.sigma_next). `params` are the arguments the term was
+    that ask: "sampler_step" (GuidanceState.sigma_step, sigma_next, evaluator.step_start). `params` are the arguments the term was
     built with, so a node can rebuild it (e.g. with an observer).
     """
 

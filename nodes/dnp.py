@@ -7,7 +7,7 @@ import nodes as comfy_nodes
 import torch
 
 from ..guidance import dnp
-from . import captioning, model_files
+from . import captioning, model_files, validation
 from .dns import patch_dns
 from .inputs import cfg_input, sampler_input, scheduler_input, seed_input, steps_input
 
@@ -265,6 +265,10 @@ class AutoDNP:
         "its cost relative to the final generation is shown on the node."
     )
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, cfg):
+        return validation.verdict(cls, cfg=cfg)
+
     def run(
         self,
         model,
@@ -284,6 +288,7 @@ class AutoDNP:
         dns_steps,
         dns_size,
     ):
+        validation.require_valid(AutoDNP, cfg=cfg)
         if not prompt.strip():
             raise ValueError("Auto-DNP: the prompt is empty. DNS needs a prompt p to steer away from.")
         dns_steps = dns_steps or steps

@@ -1,6 +1,7 @@
 """Diffusion-negative sampling nodes (Desai & Vasconcelos, arXiv 2411.05473). Maths in guidance/dns.py."""
 
 from ..guidance import dns
+from . import validation
 from .patching import add_guidance_term
 
 CATEGORY = "DNP Guidance/DNP"
@@ -48,7 +49,12 @@ class DNSGuidance:
         "diffusion-negative prompt n*, then generate with p and n*."
     )
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, dns_scale):
+        return validation.verdict(cls, dns_scale=dns_scale)
+
     def patch(self, model, dns_scale):
+        validation.require_valid(DNSGuidance, dns_scale=dns_scale)
         return (patch_dns(model, dns_scale),)
 
 

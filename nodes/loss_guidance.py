@@ -3,7 +3,6 @@ and guidance/losses.py; this module is the glue: inputs, model loading, decoding
 
 import dataclasses
 import json
-import math
 import os
 from dataclasses import dataclass
 
@@ -15,8 +14,8 @@ import torch.nn.functional as F
 
 from ..guidance import losses as loss_maths
 from ..guidance.loss_guidance import GRADIENT_PATHS, STEP_RULES, LossGuidanceConfig, loss_guidance_term, trackable
-from ..guidance.progress import SOURCES
-from . import model_files
+from ..guidance.progress import DEFAULT_SOURCE, SOURCES
+from . import model_files, validation
 from .differentiable import call_differentiably
 from .patching import add_guidance_term
 
@@ -247,7 +246,12 @@ class ColourTargetLoss:
         "Needs no extra network; works on the decoded image (VAE or the fast latent preview)."
     )
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, weight):
+        return validation.verdict(cls, weight=weight)
+
     def build(self, colour, weight, add_to=None, mask=None):
+        validation.require_valid(ColourTargetLoss, weight=weight)
         return _chain(add_to, loss_maths.colour_target(parse_hex_colour(colour), _mask_tensor(mask), weight))
 
 
@@ -280,7 +284,12 @@ class BrightnessTargetLoss:
         "target. Needs no extra network."
     )
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, brightness, weight):
+        return validation.verdict(cls, brightness=brightness, weight=weight)
+
     def build(self, brightness, weight, add_to=None, mask=None):
+        validation.require_valid(BrightnessTargetLoss, brightness=brightness, weight=weight)
         return _chain(add_to, loss_maths.brightness_target(brightness, _mask_tensor(mask), weight))
 
 
@@ -317,7 +326,12 @@ class ReferenceImageLoss:
         "region target). The reference needs the generated image's aspect ratio."
     )
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, weight):
+        return validation.verdict(cls, weight=weight)
+
     def build(self, image, space, weight, add_to=None, mask=None, vae=None):
+        validation.require_valid(ReferenceImageLoss, weight=weight)
         if space == "latent":
             if vae is None:
                 raise ValueError("Reference Image Loss: space = latent needs the vae input (the checkpoint's VAE).")
@@ -383,7 +397,12 @@ class ClipTextLoss:
         "(lower = more similar). Runs CLIP on the decoded image at every guided step."
     )
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, weight):
+        return validation.verdict(cls, weight=weight)
+
     def build(self, guidance_clip, text, weight, add_to=None):
+        validation.require_valid(ClipTextLoss, weight=weight)
         if not text.strip():
             raise ValueError("CLIP Text Loss: text is empty. Type what the image should show.")
         target = clip_text_embedding(guidance_clip, text)
@@ -419,7 +438,12 @@ class ClipImageLoss:
         "similarity). Uses either a Guidance CLIP or a ComfyUI CLIP vision model; connect exactly one."
     )
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, weight):
+        return validation.verdict(cls, weight=weight)
+
     def build(self, image, weight, guidance_clip=None, clip_vision=None, add_to=None):
+        validation.require_valid(ClipImageLoss, weight=weight)
         if (guidance_clip is None) == (clip_vision is None):
             raise ValueError("CLIP Image Loss: connect exactly one of guidance_clip and clip_vision.")
         if guidance_clip is not None:
@@ -433,14 +457,23 @@ class ClipImageLoss:
 # ---------------------------------------------------------------- the guidance node
 
 
+def model_family(model) -> str:
+    """The model as ComfyUI names it: its config class and model type, e.g. 'SD3 (model type FLOW)'."""
+    base = model.model
+    config = getattr(base, "model_config", None)
+    family = type(config).__name__ if config is not None else type(base).__name__
+    model_type = getattr(base, "model_type", None)
+    return f"{family} (model type {model_type.name})" if model_type is not None else family
+
+
 def check_model_family(model) -> None:
     sampling = model.get_model_object("model_sampling")
     if not isinstance(sampling, (comfy.model_sampling.EPS, comfy.model_sampling.V_PREDICTION)) or isinstance(
         sampling, comfy.model_sampling.CONST
     ):
         raise ValueError(
-            f"Loss Guidance: this model uses {type(sampling).__name__} sampling; loss guidance supports eps- and "
-            "v-prediction models (SD1.x, SD2.x, SDXL). Flow models (SD3, Flux) are not supported."
+            f"Loss Guidance: this model is {model_family(model)}; loss guidance supports eps- and v-prediction "
+            "models (SD1.x, SD2.x, SDXL). Flow-matching models such as SD3 and Flux are not supported."
         )
 
 
@@ -501,7 +534,7 @@ def patch_loss_guidance(model, losses: tuple, config: LossGuidanceConfig, decode
         return loss_maths.objective(losses, x0, augmentation, to_image, to_latent)
 
     def check_latent(shape) -> None:
-        loss_maths.check_aspect(losses, shape[-2] * LATENT_RATIO, shape[-1] * LATENT_RATIO)
+        loss_maths.check_aspect(losses, shape[-2] * LATENT_RATIO, shape[-1] * LATENT_RATIO, LATENT_RATIO)
 
     term = loss_guidance_term(config, objective, observer, _describe(losses, config))
     term = dataclasses.replace(term, params={**term.params, "check_latent": check_latent})
@@ -511,6 +544,15 @@ def patch_loss_guidance(model, losses: tuple, config: LossGuidanceConfig, decode
         helpers.append(vae.patcher)
     patched.set_additional_models(ADDITIONAL_MODELS_KEY, list(dict.fromkeys(helpers)))
     return patched
+
+
+def ordered_windows(values: dict) -> list:
+    """Each window (guidance, time travel) has start <= end."""
+    problems = []
+    for start, end in (("start", "end"), ("time_travel_start", "time_travel_end")):
+        if values[start] > values[end]:
+            problems.append(f"{start} ({values[start]}) must not exceed {end} ({values[end]})")
+    return problems
 
 
 def _unit(tooltip: str, default: float) -> tuple:
@@ -532,7 +574,8 @@ class LossGuidance:
                         "max": 1000.0,
                         "step": 0.001,
                         "tooltip": "eta, the step rule's scale (not a cfg scale). Polyak: the step is eta * ||eps|| / "
-                        "||g||^2 * g (the paper's tasks use 0.001 to 2); fixed: eta * sqrt(alpha-bar) * g.",
+                        "||g||^2 * g (the paper's tasks use 0.001 to 2); fixed: eta * sqrt(alpha-bar) * g. Too high a "
+                        "scale diverges: a result beyond 20x the model's own x0 prediction at the first step is an error.",
                     },
                 ),
                 "step_rule": (
@@ -542,9 +585,12 @@ class LossGuidance:
                 "gradient": (
                     list(GRADIENT_PATHS),
                     {
-                        "tooltip": "x0 estimate: differentiate the loss of the x0 estimate only (fast, no backward "
-                        "pass through the UNet). through the denoiser: the paper's Eq. 5, backpropagating through "
-                        "the UNet too (about 3x the cost of a plain step, and much more memory)."
+                        "tooltip": "x0 estimate (default): differentiate the loss of the x0 estimate only (fast, no "
+                        "backward pass through the UNet). It needs a larger scale than 'through the denoiser' for "
+                        "the same effect (about 3x in the lab), because the Polyak step's length depends on the "
+                        "gradient's size; at each path's own best scale the lab's final losses do not differ. "
+                        "through the denoiser: the paper's Eq. 5, backpropagating through the UNet too (about 3x "
+                        "the cost of a plain step, and much more memory)."
                     },
                 ),
                 "decoder": (
@@ -590,7 +636,13 @@ class LossGuidance:
                 "time_travel_end": _unit("Time travel until this point of sampling.", 0.7),
                 "progress_source": (
                     list(SOURCES),
-                    {"tooltip": "How 'point of sampling' is measured: position in the sampler's sigmas, or timestep."},
+                    {
+                        "default": DEFAULT_SOURCE,
+                        "tooltip": "How 'point of sampling' (the windows above) is measured. 'timestep' (default): "
+                        "the model's time 1 - t/T, a function of the noise level alone, so chained "
+                        "KSamplerAdvanced passes behave as one run. 'sigma position': position in this sampler "
+                        "run's sigma list (every pass restarts at 0).",
+                    },
                 ),
             },
             "optional": {"vae": ("VAE", {"tooltip": "The checkpoint's VAE, for decoder = vae."})},
@@ -615,8 +667,22 @@ class LossGuidance:
     DESCRIPTION = (
         "Training-free loss-based guidance (Shen et al., NeurIPS 2024): at every step in the window the sampler's "
         "x0 estimate is nudged down the gradient of your losses, with random augmentation, the Polyak step size "
-        "and time travel. Works with any KSampler sampler and stacks with the pack's other guidance nodes."
+        "and time travel. Works with any KSampler sampler and stacks with the pack's other guidance nodes. "
+        "A run whose result grows beyond 20x the model's own x0 prediction at the first step stops with an "
+        "error (the scale is too high)."
     )
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, scale, augmentation_strength, start, end, time_travel_start, time_travel_end):
+        values = dict(
+            scale=scale,
+            augmentation_strength=augmentation_strength,
+            start=start,
+            end=end,
+            time_travel_start=time_travel_start,
+            time_travel_end=time_travel_end,
+        )
+        return validation.verdict(cls, ordered_windows, **values)
 
     def patch(
         self,
@@ -636,8 +702,15 @@ class LossGuidance:
         progress_source,
         vae=None,
     ):
-        if not math.isfinite(scale):
-            raise ValueError("Loss Guidance: scale must be a finite number.")
+        values = dict(
+            scale=scale,
+            augmentation_strength=augmentation_strength,
+            start=start,
+            end=end,
+            time_travel_start=time_travel_start,
+            time_travel_end=time_travel_end,
+        )
+        validation.require_valid(LossGuidance, ordered_windows, **values)
         config = LossGuidanceConfig(
             scale=scale,
             rule=step_rule,

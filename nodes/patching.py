@@ -6,10 +6,14 @@ functions keep running and nobody clobbers anybody) and a per-run OUTER_SAMPLE w
 ones only add their term to the stack stored under `model_options["dnp_guidance"]`.
 """
 
+import hashlib
 import logging
 import math
+import struct
 from dataclasses import dataclass, field
+from typing import Optional
 
+import comfy.model_sampling
 import comfy.patcher_extension
 import comfy.samplers
 import torch
@@ -21,15 +25,20 @@ from ..guidance.progress import (
     progress_from_sigma_position,
     progress_from_timestep,
 )
-from ..guidance.stack import NEXT_SIGMA, GuidanceStack, GuidanceState, GuidanceTerm, apply_stack
+from ..guidance.stack import SAMPLER_STEP, GuidanceStack, GuidanceState, GuidanceTerm, apply_stack
 from .differentiable import call_differentiably
+from .sampler_steps import StepLocator, StepPlace, sampler_function_name
 
 log = logging.getLogger("dnp_guidance")
 
 STACK_KEY = "dnp_guidance"
 RUN_KEY = "dnp_guidance_run"
 WRAPPER_KEY = "dnp_guidance"
-DIVERGED = 1e6  # |latent| beyond this is a diverged run (real latents stay within tens)
+# A run diverged when its result grows beyond this factor of the model's own x0 scale: the largest
+# |x0| of the CFG result (without the pack's terms) at the run's first evaluation, before any guided
+# step has moved x. Measured on the tiny random SD1.5 checkpoint: plain CFG and sane loss guidance end
+# at about 5x it, loss guidance at scale 1000 at about 1200x.
+DIVERGENCE_RATIO = 20.0
 
 
 @dataclass
@@ -39,13 +48,23 @@ class RunState:
     captures: collectors that model patches (attention capture) fill during one evaluation; the hook
     finalizes them into GuidanceState.captures and empties them, so nothing outlives the step.
     seed: the sampler's seed (terms draw their random numbers from it); travelling: a time-travel
-    re-evaluation is in progress (it must not travel again).
+    re-evaluation is in progress (it must not travel again). locator: which sampler step each
+    evaluation is in, for stacks with a term that requires it (place: the current evaluation's;
+    calls_in_step: evaluations of the stack in that step so far, time travel included).
     """
 
     hook_calls: int = 0
     captures: dict = field(default_factory=dict)
     seed: int = 0
     travelling: bool = False
+    locator: Optional[StepLocator] = None
+    place: Optional[StepPlace] = None
+    calls_in_step: int = 0
+    x0_scale: Optional[torch.Tensor] = None  # max |CFG x0| at the first evaluation (stays on the device)
+
+    def note_x0_scale(self, unguided: torch.Tensor) -> None:
+        if self.x0_scale is None:
+            self.x0_scale = unguided.detach().abs().amax().float()
 
     def take_captures(self) -> dict:
         taken = {key: collector.finalize() for key, collector in self.captures.items()}
@@ -98,6 +117,8 @@ def run_wrapper(executor, noise, latent_image, *args, **kwargs):
     if stack is not None and stack.terms:
         check_run(stack, guider, latent_image)
     run = RunState(seed=_sampler_seed(args, kwargs))
+    if stack is not None and SAMPLER_STEP in stack.requirements():
+        run.locator = _step_locator(guider, args, kwargs)
     options[RUN_KEY] = run
     transformer_options = options.setdefault("transformer_options", {})
     transformer_options[RUN_KEY] = run  # reaches attention patches as extra_options[RUN_KEY]
@@ -115,6 +136,18 @@ def _sampler_seed(args: tuple, kwargs: dict) -> int:
     """The seed argument of CFGGuider.outer_sample (after sampler, sigmas, denoise_mask, callback, disable_pbar)."""
     seed = kwargs.get("seed", args[5] if len(args) > 5 else None)
     return int(seed or 0)
+
+
+def _step_locator(guider, args: tuple, kwargs: dict) -> Optional[StepLocator]:
+    """A locator over the run's sigmas (CFGGuider.outer_sample's sampler and sigmas arguments);
+    one host copy of the sigma list per run."""
+    sampler = kwargs.get("sampler", args[0] if args else None)
+    sigmas = kwargs.get("sigmas", args[1] if len(args) > 1 else None)
+    if sigmas is None or sigmas.numel() < 2:
+        return None
+    sampling = guider.model_patcher.get_model_object("model_sampling")
+    options = {**getattr(sampler, "extra_options", {}), "flow": isinstance(sampling, comfy.model_sampling.CONST)}
+    return StepLocator(sigmas.detach().float().cpu().tolist(), sampler_function_name(sampler), options)
 
 
 def _describe(stack: GuidanceStack) -> str:
@@ -169,14 +202,16 @@ def check_result(stack: GuidanceStack, run: RunState, result: torch.Tensor) -> N
             "Apply the DNP Guidance nodes last, or use KSampler / CFGGuider.",
             _describe(stack),
         )
-    finite = bool(torch.isfinite(result).all())
-    largest = float(result.abs().max()) if finite and result.numel() else 0.0
-    if not finite or largest > DIVERGED:
-        what = "NaN or infinite values" if not finite else f"diverged values (|latent| up to {largest:.3g})"
-        raise ValueError(
-            f"DNP Guidance: sampling with {_describe(stack)} produced {what}. "
-            "Lower the guidance scale (cfg, DNS scale, the schedule's peak, or the loss guidance scale)."
-        )
+    advice = "Lower the guidance scale (cfg, DNS scale, the schedule's peak, or the loss guidance scale)."
+    if not bool(torch.isfinite(result).all()):
+        raise ValueError(f"DNP Guidance: sampling with {_describe(stack)} produced NaN or infinite values. {advice}")
+    if run.x0_scale is not None and result.numel():
+        ratio = float(result.abs().max() / run.x0_scale.clamp(min=1e-6))
+        if ratio > DIVERGENCE_RATIO:
+            raise ValueError(
+                f"DNP Guidance: sampling with {_describe(stack)} diverged: the result reached {ratio:.3g} times "
+                f"the size of the model's own x0 prediction at the first step (limit {DIVERGENCE_RATIO:g}). {advice}"
+            )
 
 
 def progress_by_source(sigma: torch.Tensor, model_options: dict, model_sampling) -> dict:
@@ -207,8 +242,7 @@ def guidance_hook(args: dict) -> torch.Tensor:
         run.hook_calls += 1
         captures = run.take_captures()
     sigma = args["sigma"]
-    sample_sigmas = options.get("transformer_options", {}).get("sample_sigmas")
-    wants_next = NEXT_SIGMA in stack.requirements() and sample_sigmas is not None
+    step = _step_fields(stack, run, sigma, options)
     state = GuidanceState(
         cond=args["cond_denoised"],
         uncond=args["uncond_denoised"],
@@ -218,11 +252,47 @@ def guidance_hook(args: dict) -> torch.Tensor:
         progress=progress_by_source(sigma, options, args["model"].model_sampling),
         scale=float(args["cond_scale"]),
         captures=captures,
-        sigma_next=next_sigma(sigma, sample_sigmas) if wants_next else None,
-        seed=0 if run is None else (run.seed * 1_000_003 + run.hook_calls) % 2**63,
-        evaluator=SamplerEvaluator(args, run),
+        evaluator=SamplerEvaluator(args, run, step.pop("step_start")),
+        **step,
     )
+    if run is not None:
+        run.note_x0_scale(denoised)
     return apply_stack(stack, denoised, state)
+
+
+def _step_fields(stack: GuidanceStack, run: Optional[RunState], sigma: torch.Tensor, options: dict) -> dict:
+    """GuidanceState's sampler-step fields (sigma_step, sigma_next, seed) and the evaluator's step_start.
+
+    With a locator (a term requires SAMPLER_STEP), the step comes from the run's evaluation order:
+    one host read of sigma per evaluation, only for such stacks (their terms sync anyway). Time-travel
+    re-evaluations stay in their step and never start one.
+    """
+    if run is None:
+        return dict(seed=0, step_start=False)
+    if run.locator is None:
+        sample_sigmas = options.get("transformer_options", {}).get("sample_sigmas")
+        wants_next = SAMPLER_STEP in stack.requirements() and sample_sigmas is not None
+        seed = (run.seed * 1_000_003 + run.hook_calls) % 2**63
+        return dict(sigma_next=next_sigma(sigma, sample_sigmas) if wants_next else None, seed=seed, step_start=False)
+    if not run.travelling or run.place is None:
+        run.place = run.locator.locate(float(sigma.max()))
+        if run.place.is_start:
+            run.calls_in_step = 0
+    run.calls_in_step += 1
+    place = run.place
+    return dict(
+        sigma_step=torch.full_like(sigma, place.sigma_start),
+        sigma_next=torch.full_like(sigma, place.sigma_end),
+        seed=_step_seed(run.seed, place.sigma_start, run.calls_in_step),
+        step_start=place.is_start and not run.travelling,
+    )
+
+
+def _step_seed(seed: int, sigma_start: float, call: int) -> int:
+    """A seed for the call-th evaluation of the step that starts at sigma_start: the same in a run split
+    into chained passes as in the single run (the step is named by its sigma, not its index)."""
+    digest = hashlib.blake2b(struct.pack("<Qdq", seed % 2**64, sigma_start, call), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % 2**63
 
 
 def _without_run(model_options: dict) -> dict:
@@ -238,18 +308,10 @@ def _without_run(model_options: dict) -> dict:
 class SamplerEvaluator:
     """GuidanceState.evaluator: the sampler's model at this evaluation's sigma, for terms that call it again."""
 
-    def __init__(self, args: dict, run: RunState):
+    def __init__(self, args: dict, run: RunState, step_start: bool = False):
         self.args = args
         self.run = run
-
-    @property
-    def step_start(self) -> bool:
-        """sigma is one of the sampler's step sigmas (not a sub-step, not inside time travel); a host sync."""
-        sample_sigmas = self.args["model_options"].get("transformer_options", {}).get("sample_sigmas")
-        if self.run is None or self.run.travelling or sample_sigmas is None:
-            return False
-        sigma = self.args["sigma"].to(sample_sigmas)
-        return bool(torch.isclose(sample_sigmas[:-1].view(1, -1), sigma.view(-1, 1), rtol=1e-4).any(dim=1).all())
+        self.step_start = step_start  # the first evaluation of a sampler step (see _step_fields)
 
     def predictions(self, x: torch.Tensor) -> tuple:
         """(cond, uncond) x0 predictions at x, differentiable in x (call with grad enabled)."""

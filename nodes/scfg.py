@@ -9,7 +9,8 @@ from comfy.ldm.modules.attention import SpatialTransformer, optimized_attention
 from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, UNetModel, Upsample
 
 from ..guidance import scfg
-from ..guidance.progress import SIGMA_POSITION
+from ..guidance.progress import DEFAULT_SOURCE
+from . import validation
 from .dnp import clip_tokenizer
 from .inputs import cfg_input, sampler_input, scheduler_input, seed_input, steps_input
 from .patching import RUN_KEY, add_guidance_term, guidance_stack
@@ -179,6 +180,16 @@ def patch_capture(model, layers: list, completion: str, self_completion: bool) -
         model.set_model_attn2_replace(capture, name, block_id, depth)
 
 
+def ordered_ranges(values: dict) -> list:
+    """rate_min <= rate_max and start <= end (the window includes both ends)."""
+    problems = []
+    if values["rate_min"] > values["rate_max"]:
+        problems.append(f"rate_min ({values['rate_min']}) must not exceed rate_max ({values['rate_max']})")
+    if values["start"] > values["end"]:
+        problems.append(f"start ({values['start']}) must not exceed end ({values['end']})")
+    return problems
+
+
 class SCFG:
     @classmethod
     def INPUT_TYPES(cls):
@@ -285,20 +296,19 @@ class SCFG:
     )
 
     @classmethod
-    def VALIDATE_INPUTS(cls, rate_min, rate_max, start, end):
-        if rate_min > rate_max:
-            return f"S-CFG: rate_min ({rate_min}) must not exceed rate_max ({rate_max})"
-        if start > end:
-            return f"S-CFG: start ({start}) must not exceed end ({end})"
-        return True
+    def VALIDATE_INPUTS(cls, rate_min, rate_max, scale_cap, start, end):
+        values = dict(rate_min=rate_min, rate_max=rate_max, scale_cap=scale_cap, start=start, end=end)
+        return validation.verdict(cls, ordered_ranges, **values)
 
     def patch(self, model, layers, rate_min, rate_max, scale_cap, start, end, self_completion, completion, reference):
+        values = dict(rate_min=rate_min, rate_max=rate_max, scale_cap=scale_cap, start=start, end=end)
+        validation.require_valid(SCFG, ordered_ranges, **values)
         chosen = select_layers(attention_layers(unet_of(model)), layers)
         term = scfg.scfg_term(
             CAPTURE_KEY,
             start,
             end,
-            SIGMA_POSITION,
+            DEFAULT_SOURCE,
             rate_min=rate_min,
             rate_max=rate_max,
             scale_cap=scale_cap,
@@ -368,6 +378,10 @@ class SCFGRegions:
         "the same inputs as your KSampler."
     )
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, cfg):
+        return validation.verdict(cls, cfg=cfg)
+
     def show(
         self,
         model,
@@ -383,6 +397,7 @@ class SCFGRegions:
         clip=None,
         prompt="",
     ):
+        validation.require_valid(SCFGRegions, cfg=cfg)
         stack = guidance_stack(model)
         if not stack.has("scfg"):
             raise ValueError("S-CFG Regions: the model has no S-CFG. Connect the MODEL output of an S-CFG node.")

@@ -5,12 +5,12 @@ import comfy.samplers
 import torch
 
 from ..guidance import schedules
-from ..guidance.progress import SIGMA_POSITION, SOURCES
+from ..guidance.progress import DEFAULT_SOURCE, SOURCES
 from ..guidance.stack import PHASE_SCALE, GuidanceState
+from . import validation
 from .inputs import cfg_input, scheduler_input, steps_input
 from .patching import add_guidance_term, guidance_stack, progress_by_source
 from .plotting import line_chart
-from .validation import input_problems
 
 CATEGORY = "DNP Guidance/CFG schedules"
 
@@ -36,6 +36,16 @@ def schedule_params(kind: str, clamp_floor: float, pcs_power: float, sigma_lo: f
     return {}
 
 
+def schedule_problems(values: dict) -> list:
+    """Why the chosen kind cannot use these parameters (e.g. an interval with sigma_lo >= sigma_hi)."""
+    params = schedule_params(**values)
+    try:
+        schedules.validate_schedule(values["kind"], **params)
+    except ValueError as error:
+        return [str(error)]
+    return []
+
+
 class CFGSchedule:
     @classmethod
     def INPUT_TYPES(cls):
@@ -46,12 +56,12 @@ class CFGSchedule:
                 "progress": (
                     list(SOURCES),
                     {
-                        "default": SIGMA_POSITION,
-                        "tooltip": "Where tau comes from. 'sigma position': position of the current sigma in this "
-                        "sampler run's sigma list (0 at its first step, 1 at its last; exact for Heun/DPM-2 "
-                        "sub-steps, denoise < 1 and partial step ranges). 'timestep': the model's time, "
-                        "tau = 1 - t/T, the same for a given noise level in every run (split "
-                        "KSamplerAdvanced passes continue one curve).",
+                        "default": DEFAULT_SOURCE,
+                        "tooltip": "Where tau (0 = first, noisiest step; 1 = last) comes from. 'timestep' (default): the model's time, "
+                        "tau = 1 - t/T, a function of the noise level alone, so a run split into chained "
+                        "KSamplerAdvanced passes follows the unsplit run's curve and denoise < 1 starts partway. "
+                        "'sigma position': position in this sampler run's own sigma list, so every pass (and a "
+                        "denoise < 1 run) replays the whole curve from 0 to 1.",
                     },
                 ),
                 "clamp_floor": (
@@ -116,15 +126,11 @@ class CFGSchedule:
     @classmethod
     def VALIDATE_INPUTS(cls, kind, clamp_floor, pcs_power, sigma_lo, sigma_hi):
         values = dict(kind=kind, clamp_floor=clamp_floor, pcs_power=pcs_power, sigma_lo=sigma_lo, sigma_hi=sigma_hi)
-        problems = input_problems(cls, values)
-        if not problems:
-            try:
-                schedules.validate_schedule(kind, **schedule_params(kind, clamp_floor, pcs_power, sigma_lo, sigma_hi))
-            except ValueError as error:
-                problems.append(str(error))
-        return f"CFG Schedule: {'; '.join(problems)}" if problems else True
+        return validation.verdict(cls, schedule_problems, **values)
 
     def patch(self, model, kind, progress, clamp_floor, pcs_power, sigma_lo, sigma_hi):
+        values = dict(kind=kind, clamp_floor=clamp_floor, pcs_power=pcs_power, sigma_lo=sigma_lo, sigma_hi=sigma_hi)
+        validation.require_valid(CFGSchedule, schedule_problems, **values)
         params = schedule_params(kind, clamp_floor, pcs_power, sigma_lo, sigma_hi)
         term = schedules.schedule_term(kind, progress, **params)
         return (add_guidance_term(model, term),)
@@ -194,7 +200,12 @@ class CFGSchedulePlot:
         "settings, so you can see the schedule you chose. Connect it to Preview Image."
     )
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, cfg, denoise):
+        return validation.verdict(cls, cfg=cfg, denoise=denoise)
+
     def plot(self, model, cfg, scheduler, steps, denoise, sigmas=None):
+        validation.require_valid(CFGSchedulePlot, cfg=cfg, denoise=denoise)
         stack = guidance_stack(model)
         if not stack.has("cfg_schedule"):
             raise ValueError(

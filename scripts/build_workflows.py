@@ -54,7 +54,7 @@ def cfg_schedule(object_info: dict) -> dict:
         graph, "a photo of a red fox in a snowy forest, detailed fur, soft light", "blurry, low quality"
     )
     scheduled = graph.add(
-        "DNPG_CFGSchedule", (800, 420), model=checkpoint.out("MODEL"), kind="linear", progress="sigma position"
+        "DNPG_CFGSchedule", (800, 420), model=checkpoint.out("MODEL"), kind="linear", progress="timestep"
     )
     sampler = graph.add(
         "KSampler",
@@ -365,7 +365,7 @@ def loss_guidance_compare(object_info: dict) -> dict:
         time_travel_repeats=1,
         time_travel_start=0.2,
         time_travel_end=0.7,
-        progress_source="sigma position",
+        progress_source="timestep",
     )
     final_branch(
         graph, checkpoint, pos.out(0), neg.out(0), latent, (1180, 60), "dnpg_plain_cfg", "KSampler (plain CFG)"

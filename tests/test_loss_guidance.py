@@ -7,7 +7,7 @@ import torch
 
 from guidance import loss_guidance as lg
 from guidance import losses
-from guidance.progress import next_sigma
+from guidance.progress import SOURCES, next_sigma
 from guidance.stack import GuidanceStack, GuidanceState, apply_stack
 
 SIGMA, SIGMA_NEXT = 3.0, 2.0
@@ -157,7 +157,7 @@ def state_for(x, tau=0.5, evaluator=None, seed=0):
         x=x,
         sigma=sigmas(SIGMA, batch),
         base_scale=7.0,
-        progress={"sigma position": torch.full((batch,), tau)},
+        progress={source: torch.full((batch,), tau) for source in SOURCES},
         scale=7.0,
         sigma_next=sigmas(SIGMA_NEXT, batch),
         seed=seed,
@@ -291,7 +291,7 @@ def test_reference_of_another_aspect_ratio_is_refused_with_sizes():
     loss = losses.reference_target(torch.zeros(1, 3, 10, 20), losses.IMAGE)
     with pytest.raises(ValueError, match="20x10 .* 8x8"):
         loss.residual(torch.zeros(1, 3, 8, 8), lg.Identity(), 1)
-    with pytest.raises(ValueError, match="mask is 16x8 but the image being generated is 512x512"):
+    with pytest.raises(ValueError, match="mask is 16x8 px but the image being generated is 512x512 px"):
         losses.check_aspect((losses.colour_target((0, 0, 0), torch.ones(1, 1, 8, 16)),), 512, 512)
 
 
@@ -317,8 +317,21 @@ def test_objective_averages_views_and_weights_losses():
     assert torch.allclose(value, torch.full((2,), 2.0 * 1.0 + 0.5 * 1.0))
 
 
-def test_term_asks_the_glue_for_the_next_sigma():
-    from guidance.stack import NEXT_SIGMA
+def test_term_asks_the_glue_for_the_sampler_step():
+    from guidance.stack import SAMPLER_STEP
 
     term = lg.loss_guidance_term(lg.LossGuidanceConfig(scale=1.0), mean_objective(1.0))
-    assert NEXT_SIGMA in GuidanceStack().with_term(term).requirements()
+    assert SAMPLER_STEP in GuidanceStack().with_term(term).requirements()
+
+
+def test_correction_inside_a_step_uses_the_steps_interval():
+    """An evaluation at sigma inside the step sigma_start -> sigma_next: the lever is
+    sigma / (sigma_start - sigma_next), so a midpoint evaluation whose slope alone moves x (DPM-2)
+    shifts x_next by the requested amount."""
+    step_vp = torch.randn(2, 4, 8, 8)
+    start, mid, end = sigmas(2.0), sigmas(1.0), sigmas(0.5)
+    delta = lg.x0_correction(step_vp, mid, end, start)
+    # DPM-2's update x_next = x + (end - start) * (x_mid - x0_mid) / mid: a change of x0_mid by delta
+    shift = -((end - start) / mid).view(-1, 1, 1, 1) * delta
+    assert torch.allclose(shift, -step_vp * (1 + 0.5**2) ** 0.5, atol=1e-5)
+    assert torch.equal(lg.x0_correction(step_vp, start, end, start), lg.x0_correction(step_vp, start, end))

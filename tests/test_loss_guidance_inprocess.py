@@ -197,7 +197,7 @@ def test_empty_losses_are_refused(comfy, tiny):
 
 def test_mask_of_another_aspect_ratio_is_refused_before_sampling(comfy, tiny):
     model = guide(comfy, tiny.model, red_loss(comfy, mask=torch.ones(1, 64, 128)))
-    with pytest.raises(ValueError, match="mask is 128x64 but the image being generated is 128x128"):
+    with pytest.raises(ValueError, match="mask is 128x64 px but the image being generated is 128x128 px"):
         sample(comfy, tiny, model)
 
 
@@ -205,6 +205,18 @@ def test_huge_scale_producing_nan_is_a_clear_error(comfy, tiny):
     model = guide(comfy, tiny.model, red_loss(comfy), scale=1e30, rule="fixed")
     with pytest.raises(ValueError, match="NaN or infinite.*loss guidance scale"):
         sample(comfy, tiny, model)
+
+
+def test_runaway_scale_is_judged_against_the_unguided_result(comfy, tiny, plain):
+    """Polyak at scale 1000 stays finite but far beyond what the model gives without the term."""
+    model = guide(comfy, tiny.model, red_loss(comfy), scale=1000.0)
+    with pytest.raises(ValueError, match=r"diverged: the result reached [\d.e+]+ times .* loss guidance scale"):
+        sample(comfy, tiny, model)
+
+
+def test_strong_but_sane_guidance_is_not_called_divergent(comfy, tiny, plain):
+    guided = sample(comfy, tiny, guide(comfy, tiny.model, red_loss(comfy), scale=0.3))
+    assert torch.isfinite(guided).all() and not helpers.same_sample(guided, plain)
 
 
 def test_defaults_are_the_node_inputs_defaults(comfy):

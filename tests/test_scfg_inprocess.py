@@ -157,9 +157,9 @@ def test_non_unet_model_is_refused_naming_the_supported_families(comfy):
 
 def test_validate_inputs(comfy):
     node = comfy.pack.nodes.scfg.SCFG
-    assert "rate_min" in node.VALIDATE_INPUTS(rate_min=2.0, rate_max=1.0, start=0.0, end=1.0)
-    assert "start" in node.VALIDATE_INPUTS(rate_min=0.8, rate_max=3.0, start=0.9, end=0.1)
-    assert node.VALIDATE_INPUTS(rate_min=0.8, rate_max=3.0, start=0.0, end=1.0) is True
+    assert "rate_min" in node.VALIDATE_INPUTS(rate_min=2.0, rate_max=1.0, scale_cap=15.0, start=0.0, end=1.0)
+    assert "start" in node.VALIDATE_INPUTS(rate_min=0.8, rate_max=3.0, scale_cap=15.0, start=0.9, end=0.1)
+    assert node.VALIDATE_INPUTS(rate_min=0.8, rate_max=3.0, scale_cap=15.0, start=0.0, end=1.0) is True
 
 
 def test_regions_node_draws_regions_rate_and_legend(comfy, tiny):

@@ -6,18 +6,29 @@ toy's exact one instead of a UNet, and the sampler is Euler over Karras sigmas i
 ComfyUI's `euler` with the `karras` scheduler.
 """
 
+import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Optional
 
 import torch
 
 from guidance import losses
 from guidance.dns import dns_terms
-from guidance.loss_guidance import THROUGH_DENOISER, Identity, LossGuidanceConfig, euler_step, loss_guidance_term
+from guidance.loss_guidance import (
+    THROUGH_DENOISER,
+    X0_ONLY,
+    Identity,
+    LossGuidanceConfig,
+    euler_step,
+    loss_guidance_term,
+)
 from guidance.progress import SIGMA_POSITION, TIMESTEP, progress_from_sigma_position
 from guidance.schedules import schedule_term
 from guidance.stack import GuidanceStack, GuidanceState, apply_stack, cfg_x0
 
+from . import stats
+from .stats import Measure
 from .toy import Mixture, karras_sigmas
 
 PROMPT = 0  # the prompt p is class 0 in every experiment
@@ -90,21 +101,23 @@ def sample(mixture: Mixture, setting: Setting, count: int, steps: int, seed: int
 # ---------------------------------------------------------------- metrics
 
 
-def adherence(mixture: Mixture, x0: torch.Tensor) -> dict:
-    """Posterior mass of the prompt class, fraction assigned to it, and diversity within it."""
+def noise_key(mixture: Mixture, count: int, seed: int) -> tuple:
+    """What `sample` draws its initial noise from: equal keys = the same noise, sample by sample."""
+    return (seed, count, mixture.shape)
+
+
+def adherence(mixture: Mixture, x0: torch.Tensor, noise: tuple) -> dict:
+    """Posterior mass of the prompt class, fraction assigned to it, diversity within it and distance
+    to the data, each a Measure over the samples."""
     posterior = mixture.class_posterior(x0)
     assigned = posterior.argmax(dim=1) == PROMPT
     _, mode, distance = mixture.nearest_mode(x0)
-    counts = torch.bincount(mode[assigned], minlength=mixture.modes).float()
-    shares = counts / counts.sum().clamp(min=1)
-    entropy = -(shares * shares.clamp(min=1e-12).log()).sum()
+    modes_of_assigned = torch.where(assigned, mode, torch.full_like(mode, -1))
     return {
-        "posterior": posterior[:, PROMPT].mean().item(),
-        "assigned": assigned.float().mean().item(),
-        "effective_modes": entropy.exp().item() if assigned.any() else 0.0,
-        "mode_shares": shares.tolist(),
-        "off_manifold": distance.median().item(),
-        "classes": torch.bincount(posterior.argmax(dim=1), minlength=mixture.classes).tolist(),
+        "posterior": Measure(posterior[:, PROMPT], stats.mean, noise),
+        "assigned": Measure(assigned.float(), stats.mean, noise),
+        "effective_modes": Measure(modes_of_assigned, partial(stats.effective_modes, modes=mixture.modes), noise),
+        "off_manifold": Measure(distance, stats.median, noise),
     }
 
 
@@ -135,14 +148,14 @@ def guidance_settings(scale: float) -> list:
 
 def run_guidance(mixture: Mixture, scale: float, count: int, steps: int, seed: int) -> tuple:
     """Metrics per setting, and the DNS negative n* (the class most frequent among DNS samples)."""
-    results, samples = {}, {}
+    results, samples, noise = {}, {}, noise_key(mixture, count, seed)
     for setting in guidance_settings(scale):
         samples[setting.name] = sample(mixture, setting, count, steps, seed)
-        results[setting.name] = adherence(mixture, samples[setting.name])
+        results[setting.name] = adherence(mixture, samples[setting.name], noise)
     n_star = most_frequent_class(mixture, samples[f"DNS (s = {scale:g})"])
     dnp = Setting(f"DNP (s = {scale:g}, n* = class {n_star})", scale, negative=n_star)
     samples[dnp.name] = sample(mixture, dnp, count, steps, seed)
-    results[dnp.name] = adherence(mixture, samples[dnp.name])
+    results[dnp.name] = adherence(mixture, samples[dnp.name], noise)
     return results, samples, n_star
 
 
@@ -175,15 +188,21 @@ def loss_setting(mixture: Mixture, scale: float, config: Optional[LossGuidanceCo
     return Setting(name, scale, GuidanceStack().with_term(loss_guidance_term(config, objective)))
 
 
-def loss_metrics(mixture: Mixture, x0: torch.Tensor) -> dict:
+def loss_metrics(mixture: Mixture, x0: torch.Tensor, noise: tuple) -> dict:
+    """Final loss, distance to the data and the share of samples in the target mode, as Measures."""
     cls, mode, distance = mixture.nearest_mode(x0)
     hit = (cls == PROMPT) & (mode == TARGET_MODE)
     return {
-        "loss": loss_value(mixture, x0).mean().item(),
-        "off_manifold": distance.median().item(),
-        "log_density": mixture.log_density(x0).median().item(),
-        "target_mode": hit.float().mean().item(),
+        "loss": Measure(loss_value(mixture, x0), stats.mean, noise),
+        "off_manifold": Measure(distance, stats.median, noise),
+        "log_density": Measure(mixture.log_density(x0), stats.median, noise),
+        "target_mode": Measure(hit.float(), stats.mean, noise),
     }
+
+
+def sampled_loss_metrics(mixture: Mixture, setting: Setting, count: int, steps: int, seed: int) -> dict:
+    x0 = sample(mixture, setting, count, steps, seed)
+    return loss_metrics(mixture, x0, noise_key(mixture, count, seed))
 
 
 def loss_config(scale: float, rule: str, **changes) -> LossGuidanceConfig:
@@ -192,17 +211,23 @@ def loss_config(scale: float, rule: str, **changes) -> LossGuidanceConfig:
     return LossGuidanceConfig(**settings)
 
 
-def run_loss_grid(mixture: Mixture, cfg: float, scales: tuple, count: int, steps: int, seed: int) -> dict:
-    """Final loss and distance to the data for each step rule over the same grid of scales."""
-    grid = {
-        ("none", 0.0): loss_metrics(
-            mixture, sample(mixture, loss_setting(mixture, cfg, None, "none"), count, steps, seed)
-        )
-    }
-    for rule in ("fixed", "polyak"):
+def run_loss_grid(
+    mixture: Mixture,
+    cfg: float,
+    scales: tuple,
+    count: int,
+    steps: int,
+    seed: int,
+    rules: tuple = ("fixed", "polyak"),
+    gradient: str = THROUGH_DENOISER,
+) -> dict:
+    """Loss metrics for each step rule over the same grid of scales, plus no guidance at (none, 0)."""
+    grid = {("none", 0.0): sampled_loss_metrics(mixture, loss_setting(mixture, cfg, None, "none"), count, steps, seed)}
+    for rule in rules:
         for scale in scales:
-            setting = loss_setting(mixture, cfg, loss_config(scale, rule), f"{rule} {scale:g}")
-            grid[(rule, scale)] = loss_metrics(mixture, sample(mixture, setting, count, steps, seed))
+            config = loss_config(scale, rule, gradient=gradient)
+            setting = loss_setting(mixture, cfg, config, f"{rule} {scale:g}")
+            grid[(rule, scale)] = sampled_loss_metrics(mixture, setting, count, steps, seed)
     return grid
 
 
@@ -212,20 +237,33 @@ ON_MANIFOLD = 3.0  # median distance to the nearest mode, in units of the modes'
 def best_scale(grid: dict, rule: str) -> float:
     """The pre-declared choice: lowest loss among the scales whose samples stay on the data."""
     candidates = [
-        (m["loss"], scale) for (r, scale), m in grid.items() if r == rule and m["off_manifold"] <= ON_MANIFOLD
+        (m["loss"].estimate, scale)
+        for (r, scale), m in grid.items()
+        if r == rule and m["off_manifold"].estimate <= ON_MANIFOLD
     ]
     return min(candidates)[1] if candidates else min(scale for r, scale in grid if r == rule)
 
 
-def run_loss_variants(mixture: Mixture, cfg: float, scale: float, count: int, steps: int, seed: int) -> dict:
-    """At Polyak's chosen scale: with 10 augmentations, with time travel (3 repeats in 0.2-0.7), x0 only."""
+POLYAK_PLAIN, AUGMENTED, TRAVELLED, X0_GRADIENT = (
+    "polyak",
+    "polyak + 10 augmentations",
+    "polyak + time travel x3",
+    "polyak, x0-estimate gradient",
+)
+
+
+def run_loss_variants(mixture: Mixture, cfg: float, scale: float, count: int, steps: int, seed: int) -> tuple:
+    """At Polyak's chosen scale: plain (through the denoiser), with 10 augmentations, with time travel
+    (3 repeats in 0.2-0.7), and with the x0-estimate gradient. Returns (metrics, seconds) by variant."""
     variants = {
-        "polyak": loss_config(scale, "polyak"),
-        "polyak + 10 augmentations": loss_config(scale, "polyak", augmentations=10),
-        "polyak + time travel x3": loss_config(scale, "polyak", travel_repeats=3),
-        "polyak, x0-only gradient": loss_config(scale, "polyak", gradient="x0 estimate"),
+        POLYAK_PLAIN: loss_config(scale, "polyak"),
+        AUGMENTED: loss_config(scale, "polyak", augmentations=10),
+        TRAVELLED: loss_config(scale, "polyak", travel_repeats=3),
+        X0_GRADIENT: loss_config(scale, "polyak", gradient=X0_ONLY),
     }
-    return {
-        name: loss_metrics(mixture, sample(mixture, loss_setting(mixture, cfg, config, name), count, steps, seed))
-        for name, config in variants.items()
-    }
+    metrics, seconds = {}, {}
+    for name, config in variants.items():
+        start = time.perf_counter()
+        metrics[name] = sampled_loss_metrics(mixture, loss_setting(mixture, cfg, config, name), count, steps, seed)
+        seconds[name] = time.perf_counter() - start
+    return metrics, seconds

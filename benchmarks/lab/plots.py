@@ -36,19 +36,32 @@ def scatter_panels(panels: dict, mixture, side: int = 300, columns: int = 3) -> 
     return figure
 
 
-def bar_chart(title: str, values: dict, maximum: float, width: int = 720, bar: int = 22) -> Image.Image:
-    """Horizontal bars with their values, one per entry."""
+def bar_chart(title: str, values: dict, maximum: float, width: int = 760, bar: int = 22) -> Image.Image:
+    """Horizontal bars, one per entry: values are Intervals (estimate, low, high); the bar is the
+    estimate, the black whisker the interval, the text the estimate."""
     label_width = 300
     figure = Image.new("RGB", (width, 40 + bar * len(values) + 10), BACKGROUND)
     draw = ImageDraw.Draw(figure)
     draw.text((8, 10), title, fill=TEXT)
     span = width - label_width - 80
-    for row, (label, value) in enumerate(values.items()):
+
+    def length(value: float) -> int:
+        return int(span * max(0.0, min(value / maximum, 1.0)))
+
+    for row, (label, interval) in enumerate(values.items()):
         top = 40 + row * bar
         draw.text((8, top + 5), label, fill=TEXT)
-        length = int(span * max(0.0, min(value / maximum, 1.0)))
-        draw.rectangle([label_width, top + 3, label_width + length, top + bar - 3], fill=CLASS_COLOURS[1])
-        draw.text((label_width + length + 6, top + 5), f"{value:.3f}", fill=TEXT)
+        draw.rectangle(
+            [label_width, top + 3, label_width + length(interval.estimate), top + bar - 3], fill=CLASS_COLOURS[1]
+        )
+        low, high = label_width + length(interval.low), label_width + length(interval.high)
+        middle = top + bar // 2
+        draw.line([low, middle, high, middle], fill=TEXT, width=2)
+        draw.line([low, top + 6, low, top + bar - 6], fill=TEXT)
+        draw.line([high, top + 6, high, top + bar - 6], fill=TEXT)
+        draw.text(
+            (max(high, label_width + length(interval.estimate)) + 6, top + 5), f"{interval.estimate:.3f}", fill=TEXT
+        )
     return figure
 
 
