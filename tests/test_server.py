@@ -222,7 +222,7 @@ def test_loss_guidance_mask_of_another_aspect_ratio_is_a_clear_error_and_the_nex
     node_of_type(prompt, "DNPG_LossGuidance")["inputs"]["losses"] = ["901", 0]
     with pytest.raises(ComfyError) as error:
         server.run(prompt)
-    assert "mask is 256x64 but the image being generated is 128x128" in json.dumps(error.value.details)
+    assert "mask is 256x64 px but the image being generated is 128x128 px" in json.dumps(error.value.details)
     assert_next_loss_prompt_runs(server)
 
 
