@@ -22,6 +22,24 @@ x = x0 + sigma * eps with x = x_vp / sqrt(abar) and sigma^2 = (1 - abar) / abar
 - Alg. 3, time travel: after the guided step to sigma_next, re-noise back to sigma,
   x_t = x_{t-1} + sqrt(sigma_t^2 - sigma_{t-1}^2) * n (the VP rule sqrt(beta) x + sqrt(1 - beta) n in
   VE), and step again; s repeats in all.
+
+Flow-matching models (ComfyUI's CONST: SD3, Flux, Qwen-Image, Wan, Lumina2, ...) place
+x = (1 - sigma) x0 + sigma eps, sigma in [0, 1]; with alpha = 1 - sigma and
+c = sqrt(alpha^2 + sigma^2) (guidance.coordinates), x_vp = x / c and sqrt(abar) = alpha / c. The
+same steps in those coordinates:
+
+- eps = (x - alpha * x0_hat) / sigma (the network's output is the velocity eps - x0, not eps).
+- Through the denoiser: g_vp = c * g_flow, so the fixed step is eta * alpha * g_flow and Polyak's is
+  eta * ||eps|| / (c * ||g_flow||^2) * g_flow.
+- x0 estimate: d x0 / d x_flow = I / alpha, so g_vp = (c / alpha) * grad_{x0} l. The fixed step is
+  eta * grad_{x0} l (the VE code's step) and Polyak's eta * ||eps|| * alpha / (c * ||grad||^2) * grad,
+  computed in this form so that it is finite (zero) at sigma = 1, never through 1 / alpha.
+- Landing: x_next -= c(sigma_next) * step_vp; the Euler step of k-diffusion is the rectified-flow Euler
+  step and DDIM for flow, so x0_correction's lever and euler_step / x0_reaching are unchanged.
+- Time travel: x_sigma = (alpha / alpha_next) * x_next + sqrt(sigma^2 - sigma_next^2 alpha^2 / alpha_next^2) * n
+  (the VE rule mapped through x = alpha * x_ve; ComfyUI's sample_euler_ancestral_RF re-noises the same way).
+
+Cosmos Predict2 (COSMOS_RFLOW) hands ComfyUI a VE sigma (x = x0 + sigma eps), so it takes the VE steps.
 """
 
 from dataclasses import dataclass
@@ -30,6 +48,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from .coordinates import FLOW, VE, signal, vp_norm
 from .progress import DEFAULT_SOURCE
 from .stack import PHASE_CORRECTION, SAMPLER_STEP, GuidanceState, GuidanceTerm, cfg_x0
 
@@ -78,17 +97,52 @@ def polyak_step(grad_vp: torch.Tensor, eps: torch.Tensor, scale: float, tiny: fl
     return scale * per_sample(factor, grad_vp) * grad_vp
 
 
+def flow_polyak_step(
+    grad: torch.Tensor, eps: torch.Tensor, inverse_gain: torch.Tensor, scale: float, tiny: float = TINY_GRADIENT
+) -> torch.Tensor:
+    """Alg. 2 for g_vp = grad / inverse_gain (per sample): eta * ||eps|| * inverse_gain / ||grad||^2 * grad,
+    and no step where ||g_vp|| < tiny. inverse_gain is finite where g_vp is not (alpha / c at sigma = 1)."""
+    grad_norm = sample_norm(grad)
+    factor = sample_norm(eps) * inverse_gain / grad_norm.clamp(min=1e-30) ** 2
+    vanishing = grad_norm < tiny * inverse_gain
+    factor = torch.where(vanishing, torch.zeros_like(factor), factor)
+    return scale * per_sample(factor, grad) * grad
+
+
+def flow_step(rule: str, gradient: str, grad: torch.Tensor, eps: torch.Tensor, sigma: torch.Tensor, scale: float):
+    """The VP step for a flow model from `grad` (g_flow through the denoiser, grad_{x0} l for the x0
+    estimate), in the finite forms of the module doc."""
+    alpha, norm = signal(sigma, FLOW), vp_norm(sigma, FLOW)
+    through = gradient == THROUGH_DENOISER
+    if rule == FIXED:
+        return scale * grad * per_sample(alpha, grad) if through else scale * grad
+    inverse_gain = 1 / norm if through else alpha / norm
+    return flow_polyak_step(grad, eps, inverse_gain, scale)
+
+
+def estimated_eps(x: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor, space: str = VE) -> torch.Tensor:
+    """eps = (x - alpha * x0) / sigma (VE: alpha = 1)."""
+    if space == VE:
+        return (x - x0) / per_sample(sigma, x)
+    return (x - per_sample(signal(sigma, space), x) * x0) / per_sample(sigma, x)
+
+
 def x0_correction(
-    step_vp: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor, sigma_start: Optional[torch.Tensor] = None
+    step_vp: torch.Tensor,
+    sigma: torch.Tensor,
+    sigma_next: torch.Tensor,
+    sigma_start: Optional[torch.Tensor] = None,
+    space: str = VE,
 ) -> torch.Tensor:
     """The x0 change whose Euler / DDIM step moves x_next by -step_vp in VP (see module doc).
 
     An evaluation inside a step (Heun's corrector, DPM-2's midpoint) at sigma, of the step from
     sigma_start to sigma_next, moves x_next through its derivative (x - x0) / sigma times the
-    step's length: the lever is sigma / (sigma_start - sigma_next).
+    step's length: the lever is sigma / (sigma_start - sigma_next). VP lands at sigma_next scaled by
+    c(sigma_next): sqrt(1 + sigma_next^2) in VE, sqrt((1 - sigma_next)^2 + sigma_next^2) in flow.
     """
     sigma_start = sigma if sigma_start is None else sigma_start
-    lands = (1 + sigma_next**2).sqrt()
+    lands = vp_norm(sigma_next, space)
     lever = sigma / (sigma_start - sigma_next).clamp(min=1e-12)
     return -step_vp * per_sample(lands * lever, step_vp)
 
@@ -103,9 +157,16 @@ def x0_reaching(x: torch.Tensor, x_next: torch.Tensor, sigma: torch.Tensor, sigm
     return x - (x_next - x) * per_sample(sigma / (sigma_next - sigma), x)
 
 
-def renoise(x_prev: torch.Tensor, sigma: torch.Tensor, sigma_prev: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """Alg. 3 in VE: x_t = x_{t-1} + sqrt(sigma_t^2 - sigma_{t-1}^2) * n."""
-    return x_prev + per_sample((sigma**2 - sigma_prev**2).clamp(min=0).sqrt(), noise) * noise
+def renoise(
+    x_prev: torch.Tensor, sigma: torch.Tensor, sigma_prev: torch.Tensor, noise: torch.Tensor, space: str = VE
+) -> torch.Tensor:
+    """Alg. 3: VE x_t = x_{t-1} + sqrt(sigma_t^2 - sigma_{t-1}^2) * n; flow
+    x_t = r x_{t-1} + sqrt(sigma_t^2 - r^2 sigma_{t-1}^2) * n with r = (1 - sigma_t) / (1 - sigma_{t-1})."""
+    if space == VE:
+        return x_prev + per_sample((sigma**2 - sigma_prev**2).clamp(min=0).sqrt(), noise) * noise
+    ratio = signal(sigma, space) / signal(sigma_prev, space).clamp(min=1e-12)
+    spread = (sigma**2 - (ratio * sigma_prev) ** 2).clamp(min=0).sqrt()
+    return per_sample(ratio, x_prev) * x_prev + per_sample(spread, noise) * noise
 
 
 @dataclass(frozen=True)
@@ -271,7 +332,10 @@ def _gradient(config: LossGuidanceConfig, state: GuidanceState, objective: Calla
 
 
 def guidance_step(config: LossGuidanceConfig, grad_ve: torch.Tensor, state: GuidanceState) -> torch.Tensor:
-    """The step in VP coordinates (fixed or Polyak) from the VE gradient."""
+    """The step in VP coordinates (fixed or Polyak) from the gradient in the sampler's space."""
+    if state.space == FLOW:
+        eps = estimated_eps(state.x, guided_x0(state), state.sigma, FLOW)
+        return flow_step(config.rule, config.gradient, grad_ve, eps, state.sigma, config.scale)
     grad_vp = vp_gradient(grad_ve, state.sigma)
     if config.rule == FIXED:
         return fixed_step(grad_vp, state.sigma, config.scale)
@@ -292,7 +356,7 @@ def time_travel(state: GuidanceState, repeats: int, generator: torch.Generator) 
     x_next = euler_step(x, denoised, sigma, sigma_next)
     for _ in range(repeats - 1):
         noise = torch.randn(x.shape, generator=generator, device=generator.device).to(x)
-        back = renoise(x_next, sigma, sigma_next, noise)
+        back = renoise(x_next, sigma, sigma_next, noise, state.space)
         x_next = euler_step(back, state.evaluator.guided(back), sigma, sigma_next)
     target = x0_reaching(x, x_next, sigma, sigma_next)
     return state.edit(correction=target - cfg_x0(state.cond, state.uncond, state.scale) - state.deviation)
@@ -328,7 +392,8 @@ def loss_guidance_term(
         if observer is not None:
             observer(state.sigma, losses)
         sigma_next = state.sigma_next if state.sigma_next is not None else torch.zeros_like(state.sigma)
-        delta = x0_correction(guidance_step(config, grad_ve, state), state.sigma, sigma_next, state.sigma_step)
+        step_vp = guidance_step(config, grad_ve, state)
+        delta = x0_correction(step_vp, state.sigma, sigma_next, state.sigma_step, state.space)
         state = state.edit(correction=state.correction + delta * per_sample(active.to(delta), delta))
         if _travels(config, state, tau):
             state = time_travel(state, config.travel_repeats, generator)
@@ -341,4 +406,5 @@ def loss_guidance_term(
         description=description or f"loss guidance ({config.rule}, scale {config.scale:g})",
         requires=(SAMPLER_STEP,),
         params={"config": config, "objective": objective},
+        needs_uncond=False,
     )

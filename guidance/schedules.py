@@ -18,8 +18,9 @@ from typing import Callable, Union
 
 import torch
 
+from .coordinates import edm_sigma
 from .progress import SOURCES
-from .stack import PHASE_SCALE, GuidanceState, GuidanceTerm
+from .stack import PHASE_SCALE, SCALE_ABOVE_ONE, GuidanceState, GuidanceTerm
 
 Number = Union[float, torch.Tensor]
 
@@ -118,7 +119,11 @@ def _check_interval(params: dict) -> None:
 
 
 def guidance_interval(sigma: Number, s0: float, sigma_lo: float, sigma_hi: float) -> Number:
-    """Kynkaanniemi et al.: guide with s0 while sigma_lo < sigma <= sigma_hi, else s = 1 (no guidance)."""
+    """Kynkaanniemi et al.: guide with s0 while sigma_lo < sigma <= sigma_hi, else s = 1 (no guidance).
+
+    sigma is the EDM noise level (noise-to-signal ratio) the paper defines the interval in, for every
+    model: a flow model's sigma_flow maps to sigma_flow / (1 - sigma_flow) (guidance.coordinates), so
+    the band 0.28-5.42 is sigma_flow 0.219-0.844 there."""
     if isinstance(sigma, torch.Tensor):
         inside = (sigma > sigma_lo) & (sigma <= sigma_hi)
         return torch.where(inside, torch.full_like(sigma, s0), torch.ones_like(sigma))
@@ -165,7 +170,7 @@ def schedule_term(kind: str, source: str, **params) -> GuidanceTerm:
         raise ValueError(f"unknown progress source {source!r}; valid: {', '.join(SOURCES)}")
 
     def apply(state: GuidanceState) -> GuidanceState:
-        extra = {"sigma": state.sigma} if kind == "interval" else {}
+        extra = {"sigma": edm_sigma(state.sigma, state.space)} if kind == "interval" else {}
         return state.edit(scale=cfg_scale(kind, state.progress[source], state.base_scale, **params, **extra))
 
     shown = ", ".join(f"{k}={v:g}" for k, v in params.items())
@@ -174,4 +179,6 @@ def schedule_term(kind: str, source: str, **params) -> GuidanceTerm:
         phase=PHASE_SCALE,
         apply=apply,
         description=f"{kind}({shown}) over {source}" if shown else f"{kind} over {source}",
+        requires=(SCALE_ABOVE_ONE,),
+        params={"kind": kind, "source": source, **params},
     )

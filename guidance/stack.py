@@ -22,6 +22,8 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
+from .coordinates import VE
+
 Scale = Union[float, torch.Tensor]
 
 PHASE_BASE = -1
@@ -31,6 +33,7 @@ PHASE_RATE = 2
 PHASE_CORRECTION = 3
 
 SAMPLER_STEP = "sampler_step"  # a term requirement: the glue fills in the step fields of GuidanceState
+SCALE_ABOVE_ONE = "scale_above_one"  # a term requirement: the run's scale s exceeds 1 at some step
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,8 @@ class GuidanceState:
     -> the whole guided x0 at (x, sigma), `.step_start` (the first evaluation of a sampler step,
     not a sub-step and not inside time travel).
     deviation: what other packs' cfg / post-CFG functions added to plain CFG (apply_stack adds it).
+    space: where x sits (guidance.coordinates): VE, x = x0 + sigma eps, or FLOW, x = (1 - sigma) x0 +
+    sigma eps (ComfyUI's CONST models: SD3, Flux, Qwen-Image, Wan, Lumina2, ...).
     """
 
     cond: torch.Tensor
@@ -67,6 +72,7 @@ class GuidanceState:
     seed: int = 0
     evaluator: Any = None
     deviation: Union[float, torch.Tensor] = 0.0
+    space: str = VE
 
     def edit(self, **changes) -> "GuidanceState":
         return replace(self, **changes)
@@ -78,7 +84,8 @@ class GuidanceTerm:
 
     `requires` names run-level preconditions the ComfyUI glue checks once before sampling:
     "uncond_pass" (a sampler cfg of 1 would make the term meaningless) and "distinct_prompts"
-    (the positive and negative conditioning must differ), and state the glue fills in only for terms
+    (the positive and negative conditioning must differ), "scale_above_one" (a run whose scale is 1 at
+    every step, e.g. a schedule at cfg 1, would do nothing), and state the glue fills in only for terms
     that ask: "sampler_step" (GuidanceState.sigma_step, sigma_next, evaluator.step_start). `params` are the arguments the term was
     built with, so a node can rebuild it (e.g. with an observer).
     """
@@ -89,6 +96,7 @@ class GuidanceTerm:
     description: str = ""
     requires: tuple = ()
     params: dict = field(default_factory=dict)
+    needs_uncond: bool = True  # False: the term works without the unconditional pass (cfg = 1 stays cheap)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from ..guidance.loss_guidance import GRADIENT_PATHS, STEP_RULES, LossGuidanceCon
 from ..guidance.progress import DEFAULT_SOURCE, SOURCES
 from . import model_files, validation
 from .differentiable import call_differentiably
+from .families import model_family
 from .patching import add_guidance_term
 
 CATEGORY = "DNP Guidance/Loss Guidance"
@@ -336,6 +337,7 @@ class ReferenceImageLoss:
             if vae is None:
                 raise ValueError("Reference Image Loss: space = latent needs the vae input (the checkpoint's VAE).")
             reference = vae.encode(image[..., :3]).float()
+            reference = reference[:, :, 0] if reference.ndim == 5 else reference  # a video VAE's single frame
             return _chain(add_to, loss_maths.reference_target(reference, loss_maths.LATENT, _mask_tensor(mask), weight))
         reference = image[..., :3].movedim(-1, 1).float()
         return _chain(add_to, loss_maths.reference_target(reference, loss_maths.IMAGE, _mask_tensor(mask), weight))
@@ -457,34 +459,59 @@ class ClipImageLoss:
 # ---------------------------------------------------------------- the guidance node
 
 
-def model_family(model) -> str:
-    """The model as ComfyUI names it: its config class and model type, e.g. 'SD3 (model type FLOW)'."""
-    base = model.model
-    config = getattr(base, "model_config", None)
-    family = type(config).__name__ if config is not None else type(base).__name__
-    model_type = getattr(base, "model_type", None)
-    return f"{family} (model type {model_type.name})" if model_type is not None else family
+SUPPORTED_FAMILIES = (
+    "SD1.x, SD2.x, SDXL and other eps / v-prediction models; flow-matching models (SD3 / SD3.5, Flux, Chroma, "
+    "Qwen-Image, Lumina2 / Z-Image, HiDream, AuraFlow, single-frame Wan); Cosmos Predict2"
+)
 
 
 def check_model_family(model) -> None:
+    """Loss guidance needs x = alpha x0 + sigma eps with a known alpha: eps / v / EDM (VE), CONST (flow)
+    or Cosmos Predict2's RFLOW (a VE sigma)."""
     sampling = model.get_model_object("model_sampling")
-    if not isinstance(sampling, (comfy.model_sampling.EPS, comfy.model_sampling.V_PREDICTION)) or isinstance(
-        sampling, comfy.model_sampling.CONST
-    ):
+    known = (comfy.model_sampling.EPS, comfy.model_sampling.CONST, comfy.model_sampling.COSMOS_RFLOW)
+    if not isinstance(sampling, known):
         raise ValueError(
-            f"Loss Guidance: this model is {model_family(model)}; loss guidance supports eps- and v-prediction "
-            "models (SD1.x, SD2.x, SDXL). Flow-matching models such as SD3 and Flux are not supported."
+            f"Loss Guidance: this model is {model_family(model)}, whose sampling ({type(sampling).__name__}) "
+            f"has no eps, v or flow parameterisation the guidance step can be written in. Supported: "
+            f"{SUPPORTED_FAMILIES}."
         )
+
+
+def check_image_latent(shape: tuple) -> None:
+    """Loss guidance guides images: (B, C, H, W) latents, or (B, C, 1, H, W) single-frame video latents."""
+    if len(shape) == 5 and shape[2] == 1:
+        return
+    if len(shape) != 4:
+        what = f"a video latent with {shape[2]} frames" if len(shape) == 5 else f"a {len(shape)}-D latent"
+        raise ValueError(
+            f"Loss Guidance: the latent is {what} (shape {list(shape)}); loss guidance works on images. Generate a "
+            "single frame (length 1), or remove Loss Guidance for video; DNS and CFG Schedule work on video."
+        )
+
+
+def as_image_latent(x0: torch.Tensor) -> torch.Tensor:
+    """A single-frame video latent (B, C, 1, H, W) as an image latent (B, C, H, W); others unchanged."""
+    return x0[:, :, 0] if x0.ndim == 5 else x0
+
+
+def latent_ratio(model) -> int:
+    """Pixels per latent cell of the model's VAE (8 for SD, SD3, Flux, Qwen-Image, Wan, Lumina2)."""
+    return int(getattr(model.get_model_object("latent_format"), "spacial_downscale_ratio", LATENT_RATIO))
 
 
 def vae_decoder(model, vae):
     """x0 (model space) -> RGB in [0, 1], through the VAE, differentiable."""
     latent_format = model.get_model_object("latent_format")
 
+    video_vae = getattr(vae, "latent_dim", 2) == 3  # Wan / Qwen-Image VAEs decode (B, C, T, H, W)
+
     def decode(x0: torch.Tensor) -> torch.Tensor:
         module = vae.first_stage_model
         latent = latent_format.process_out(x0).to(vae.device, vae.vae_dtype)
+        latent = latent.unsqueeze(2) if video_vae and latent.ndim == 4 else latent
         image = call_differentiably(module, module.decode, latent)
+        image = image[:, :, 0] if image.ndim == 5 else image
         return (image.float() * 0.5 + 0.5).to(x0.device)
 
     return decode
@@ -530,11 +557,14 @@ def patch_loss_guidance(model, losses: tuple, config: LossGuidanceConfig, decode
     to_image = vae_decoder(model, vae) if decoder == VAE_DECODER else preview_decoder(model)
     to_latent = model.get_model_object("latent_format").process_out
 
+    ratio = latent_ratio(model)
+
     def objective(x0, augmentation):
-        return loss_maths.objective(losses, x0, augmentation, to_image, to_latent)
+        return loss_maths.objective(losses, as_image_latent(x0), augmentation, to_image, to_latent)
 
     def check_latent(shape) -> None:
-        loss_maths.check_aspect(losses, shape[-2] * LATENT_RATIO, shape[-1] * LATENT_RATIO, LATENT_RATIO)
+        check_image_latent(shape)
+        loss_maths.check_aspect(losses, shape[-2] * ratio, shape[-1] * ratio, ratio)
 
     term = loss_guidance_term(config, objective, observer, _describe(losses, config))
     term = dataclasses.replace(term, params={**term.params, "check_latent": check_latent})

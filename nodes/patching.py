@@ -25,8 +25,17 @@ from ..guidance.progress import (
     progress_from_sigma_position,
     progress_from_timestep,
 )
-from ..guidance.stack import SAMPLER_STEP, GuidanceStack, GuidanceState, GuidanceTerm, apply_stack
+from ..guidance.stack import (
+    PHASE_SCALE,
+    SAMPLER_STEP,
+    SCALE_ABOVE_ONE,
+    GuidanceStack,
+    GuidanceState,
+    GuidanceTerm,
+    apply_stack,
+)
 from .differentiable import call_differentiably
+from .families import guidance_distilled, noise_space, true_cfg_message
 from .sampler_steps import StepLocator, StepPlace, sampler_function_name
 
 log = logging.getLogger("dnp_guidance")
@@ -92,6 +101,11 @@ def add_guidance_term(model, term: GuidanceTerm, replacing: bool = False):
     patched.model_options[STACK_KEY] = stack.with_term(term)
     if guidance_hook not in patched.model_options.get("sampler_post_cfg_function", []):
         _register_hook(patched)
+    if term.needs_uncond:
+        # The stack needs the unconditional prediction even where the sampler's cfg is 1 (a schedule
+        # can move s away from 1, DNS guides towards it), so ComfyUI's cfg = 1 shortcut is switched
+        # off for this MODEL. Loss guidance alone keeps it: at cfg 1 it costs no negative pass.
+        patched.model_options["disable_cfg1_optimization"] = True
     return patched
 
 
@@ -103,9 +117,7 @@ def _register_hook(patched) -> None:
             "on top of that function's result (additive composition).",
             getattr(foreign_cfg, "__qualname__", repr(foreign_cfg)),
         )
-    # The stack needs the unconditional prediction even where the sampler's cfg is 1 (a schedule
-    # can move s away from 1), so ComfyUI's cfg = 1 shortcut is switched off for this MODEL.
-    patched.set_model_sampler_post_cfg_function(guidance_hook, disable_cfg1_optimization=True)
+    patched.set_model_sampler_post_cfg_function(guidance_hook)
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, run_wrapper)
 
 
@@ -115,7 +127,7 @@ def run_wrapper(executor, noise, latent_image, *args, **kwargs):
     options = guider.model_options
     stack = options.get(STACK_KEY)
     if stack is not None and stack.terms:
-        check_run(stack, guider, latent_image)
+        check_run(stack, guider, latent_image, kwargs.get("sigmas", args[1] if len(args) > 1 else None))
     run = RunState(seed=_sampler_seed(args, kwargs))
     if stack is not None and SAMPLER_STEP in stack.requirements():
         run.locator = _step_locator(guider, args, kwargs)
@@ -154,15 +166,25 @@ def _describe(stack: GuidanceStack) -> str:
     return ", ".join(term.description for term in stack.terms)
 
 
-def check_run(stack: GuidanceStack, guider, latent_image: torch.Tensor) -> None:
+def check_run(stack: GuidanceStack, guider, latent_image: torch.Tensor, sigmas: Optional[torch.Tensor] = None) -> None:
     """Once per run, before sampling: the preconditions the stack's terms declare, and the input."""
     needed = stack.requirements()
-    if "uncond_pass" in needed and math.isclose(float(guider.cfg), 1.0):
-        raise ValueError(
-            f"DNP Guidance: {', '.join(needed['uncond_pass'])} works on the difference between the positive "
-            "and negative predictions, which plain CFG skips at cfg = 1. Set the sampler's cfg above 1 "
-            "(for example 7)."
+    at_cfg_one = math.isclose(float(guider.cfg), 1.0)
+    model = guider.model_patcher
+    guiding = [term.description for term in stack.terms if term.needs_uncond]
+    if at_cfg_one and guiding and guidance_distilled(model) is not None:
+        raise ValueError(true_cfg_message(", ".join(guiding), model))
+    if "uncond_pass" in needed and at_cfg_one:
+        raise ValueError(true_cfg_message(", ".join(needed["uncond_pass"]), model))
+    if SCALE_ABOVE_ONE in needed and sigmas is not None and sigmas.numel() > 1:
+        scales = stack_scales(
+            stack, model.get_model_object("model_sampling"), sigmas.detach().float().cpu(), guider.cfg
         )
+        if bool((scales - 1).abs().max() < 1e-6):
+            raise ValueError(
+                f"{true_cfg_message(', '.join(needed[SCALE_ABOVE_ONE]), model)} (At cfg {float(guider.cfg):g} the "
+                "schedule gives s = 1, no guidance, at every step.)"
+            )
     if "distinct_prompts" in needed:
         _check_distinct_prompts(guider, needed["distinct_prompts"])
     for term in stack.terms:
@@ -229,6 +251,25 @@ def progress_by_source(sigma: torch.Tensor, model_options: dict, model_sampling)
     return {SIGMA_POSITION: progress_from_sigma_position(sigma, sample_sigmas), TIMESTEP: by_timestep}
 
 
+def stack_scales(stack: GuidanceStack, model_sampling, sigmas: torch.Tensor, cfg: float) -> torch.Tensor:
+    """The scale s the stack uses at each evaluated sigma of a run (the last sigma is the target)."""
+    evaluated = sigmas[:-1].float()
+    options = {"transformer_options": {"sample_sigmas": sigmas.float()}}
+    blank = torch.zeros(evaluated.shape[0], 1, 1, 1)
+    state = GuidanceState(
+        cond=blank,
+        uncond=blank,
+        x=blank,
+        sigma=evaluated,
+        base_scale=float(cfg),
+        progress=progress_by_source(evaluated, options, model_sampling),
+        scale=float(cfg),
+        space=noise_space(model_sampling),
+    )
+    scale = stack.run(state, up_to_phase=PHASE_SCALE).scale
+    return torch.as_tensor(scale, dtype=torch.float32).expand(evaluated.shape[0]).clone()
+
+
 def guidance_hook(args: dict) -> torch.Tensor:
     """ComfyUI post-CFG function: run the MODEL's guidance stack on this evaluation."""
     options = args["model_options"]
@@ -253,6 +294,7 @@ def guidance_hook(args: dict) -> torch.Tensor:
         scale=float(args["cond_scale"]),
         captures=captures,
         evaluator=SamplerEvaluator(args, run, step.pop("step_start")),
+        space=noise_space(args["model"].model_sampling),
         **step,
     )
     if run is not None:

@@ -5,11 +5,12 @@ import comfy.samplers
 import torch
 
 from ..guidance import schedules
+from ..guidance.coordinates import FLOW, space_sigma
 from ..guidance.progress import DEFAULT_SOURCE, SOURCES
-from ..guidance.stack import PHASE_SCALE, GuidanceState
 from . import validation
+from .families import noise_space
 from .inputs import cfg_input, scheduler_input, steps_input
-from .patching import add_guidance_term, guidance_stack, progress_by_source
+from .patching import add_guidance_term, guidance_stack, stack_scales
 from .plotting import line_chart
 
 CATEGORY = "DNP Guidance/CFG schedules"
@@ -93,8 +94,10 @@ class CFGSchedule:
                         "min": 0.0,
                         "max": 1000.0,
                         "step": 0.01,
-                        "tooltip": "interval only: guidance is applied while sigma_lo < sigma <= sigma_hi. "
-                        "0.28 is the EDM2 paper's lower end; must be below sigma_hi.",
+                        "tooltip": "interval only: guidance is applied while sigma_lo < sigma <= sigma_hi, sigma being "
+                        "the EDM noise level (noise / signal) on every model: on flow models (SD3, Flux, Qwen-Image, "
+                        "Wan, Lumina2) the sampler's sigma s maps to s / (1 - s), so 0.28 to 5.42 is their 0.219 to "
+                        "0.844. 0.28 is the EDM2 paper's lower end; must be below sigma_hi.",
                     },
                 ),
                 "sigma_hi": (
@@ -104,8 +107,9 @@ class CFGSchedule:
                         "min": 0.0,
                         "max": 1000.0,
                         "step": 0.01,
-                        "tooltip": "interval only: upper sigma of the guidance interval. 5.42 is a community "
-                        "value for SDXL (unconfirmed); SD1.5's first sigma is about 14.6.",
+                        "tooltip": "interval only: upper EDM sigma of the guidance interval (flow models: "
+                        "sigma_hi / (1 + sigma_hi) on their own scale, 0.844 for 5.42). 5.42 is a community value "
+                        "for SDXL (unconfirmed); SD1.5's first sigma is about 14.6, a flow model's first is infinite.",
                     },
                 ),
             }
@@ -147,21 +151,7 @@ def sampler_sigmas(model, scheduler: str, steps: int, denoise: float) -> torch.T
 
 def scales_over(model, sigmas: torch.Tensor, cfg: float) -> torch.Tensor:
     """The scale the MODEL's guidance stack uses at each evaluated sigma (the last is the target)."""
-    evaluated = sigmas[:-1].float()
-    model_sampling = model.get_model_object("model_sampling")
-    options = {"transformer_options": {"sample_sigmas": sigmas.float()}}
-    blank = torch.zeros(evaluated.shape[0], 1, 1, 1)
-    state = GuidanceState(
-        cond=blank,
-        uncond=blank,
-        x=blank,
-        sigma=evaluated,
-        base_scale=cfg,
-        progress=progress_by_source(evaluated, options, model_sampling),
-        scale=cfg,
-    )
-    scale = guidance_stack(model).run(state, up_to_phase=PHASE_SCALE).scale
-    return torch.as_tensor(scale, dtype=torch.float32).expand(evaluated.shape[0]).clone()
+    return stack_scales(guidance_stack(model), model.get_model_object("model_sampling"), sigmas, cfg)
 
 
 class CFGSchedulePlot:
@@ -218,8 +208,34 @@ class CFGSchedulePlot:
         scales = scales_over(model, sigmas.cpu(), cfg).tolist()
         last = len(scales) - 1
         ticks = {0: f"{sigmas[0].item():.2f}", last: f"{sigmas[last].item():.2f}"}
-        title = f"CFG schedule: {stack.get('cfg_schedule').description}, s0 = {cfg:g}, {len(scales)} steps"
-        return (line_chart(scales, title, "step (sigma at first / last step)", "s", ticks),)
+        term = stack.get("cfg_schedule")
+        title = f"CFG schedule: {term.description}, s0 = {cfg:g}, {len(scales)} steps"
+        x_label = "step (sigma at first / last step)"
+        band = interval_band(term, noise_space(model.get_model_object("model_sampling")))
+        if band:
+            ticks.update({i: f"{sigmas[i].item():.3g}" for i in band_edges(scales)})
+            title, x_label = f"{title}; {band}", "step (sigma where the band starts and ends)"
+        return (line_chart(scales, title, x_label, "s", ticks),)
+
+
+def interval_band(term, space: str) -> str:
+    """The guidance interval in this model's own sigma (flow models: EDM sigma / (1 + EDM sigma)), or ''."""
+    params = term.params
+    if "sigma_lo" not in params:
+        return ""
+    lo, hi = params["sigma_lo"], params["sigma_hi"]
+    if space == FLOW:
+        return f"EDM sigma ({lo:g}, {hi:g}] = flow sigma ({space_sigma(lo, FLOW):.3f}, {space_sigma(hi, FLOW):.3f}]"
+    return f"sigma ({lo:g}, {hi:g}]"
+
+
+def band_edges(scales: list) -> list:
+    """Steps where the scale changes (the first and last step inside the band)."""
+    edges = []
+    for i in range(1, len(scales)):
+        if abs(scales[i] - scales[i - 1]) > 1e-6:
+            edges += [i - 1, i]
+    return edges
 
 
 NODE_CLASS_MAPPINGS = {"DNPG_CFGSchedule": CFGSchedule, "DNPG_CFGSchedulePlot": CFGSchedulePlot}

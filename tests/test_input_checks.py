@@ -243,14 +243,22 @@ def test_loss_windows_state_their_values(comfy):
     assert node.VALIDATE_INPUTS(**{**values, "start": 0.0}, time_travel_end=0.7) is True
 
 
-def test_flow_model_refusal_names_its_family_and_the_supported_ones(comfy):
+def test_a_sampling_without_a_known_parameterisation_is_refused_naming_the_supported_ones(comfy):
+    """Another pack's model sampling that is neither eps / v, flow nor Cosmos RFLOW."""
+    import comfy.model_sampling as model_sampling
     import tiny_models
 
+    class CustomSampling(model_sampling.ModelSamplingDiscreteFlow):
+        pass
+
+    model = tiny_models.sd3()
+    model.add_object_patch("model_sampling", CustomSampling(model.model.model_config))
     with pytest.raises(ValueError) as error:
-        comfy.pack.nodes.loss_guidance.check_model_family(tiny_models.sd3())
+        comfy.pack.nodes.loss_guidance.check_model_family(model)
     message = str(error.value)
-    assert "this model is SD3 (model type FLOW)" in message and "(SD1.x, SD2.x, SDXL)" in message
-    assert "ModelSampling" not in message
+    assert "this model is SD3 (model type FLOW), whose sampling (CustomSampling)" in message
+    assert "SD1.x, SD2.x, SDXL" in message and "Qwen-Image" in message and "Cosmos Predict2" in message
+    comfy.pack.nodes.loss_guidance.check_model_family(tiny_models.sd3())  # CONST: supported
 
 
 def test_latent_reference_size_is_reported_in_pixels():
