@@ -1,4 +1,4 @@
-"""Diffusion-negative prompting, DNP (Desai & Vasconcelos, arXiv 2411.05473; shared/reference/dns-dnp.md):
+"""Diffusion-negative prompting, DNP (Desai & Vasconcelos, arXiv 2411.05473):
 turn the caption of the DNS image into the negative prompt n*, then generate with (p, n*).
 
 Text only (no ComfyUI, no model): caption clean-up, combining n* with the user's own negative

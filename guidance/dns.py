@@ -1,5 +1,5 @@
 """Diffusion-negative sampling, DNS (Desai & Vasconcelos, "Improving image synthesis with
-diffusion-negative sampling", arXiv 2411.05473; shared/reference/dns-dnp.md).
+diffusion-negative sampling", arXiv 2411.05473).
 
 DNS samples the image the model finds least compliant with the prompt p, from the density
 p(x) p(p|x)^(-w). Its score, in eps space (the reference's DNS rule):
@@ -10,8 +10,8 @@ which is ordinary CFG with positive = empty prompt and negative = p at s = w + 1
 
     eps_DNS = e(x, p) + s (e(x, empty) - e(x, p)).
 
-The weights sum to 1, so the same combination is exact in ComfyUI's x0 space
-(shared/reference/conventions.md, point 1). On the guidance stack DNS is a DIRECTION term that
+The weights sum to 1, so the same combination is exact in ComfyUI's x0 space (x0 = x - sigma eps,
+or (x - sigma v) on flow models, is affine in the prediction at fixed x and sigma). On the guidance stack DNS is a DIRECTION term that
 swaps what is guided towards (the empty prompt) and away from (p); s = 1 gives the plain
 conditional-on-empty sample.
 """

@@ -1,8 +1,8 @@
 """Training-free loss-based guidance (Shen et al., NeurIPS 2024, arXiv 2403.12404), in ComfyUI's VE space.
 
 The paper works in VP coordinates x_vp with alpha-bar_t; ComfyUI's samplers work in VE coordinates
-x = x0 + sigma * eps with x = x_vp / sqrt(abar) and sigma^2 = (1 - abar) / abar
-(shared/reference/conventions.md). Every formula below is the paper's, converted explicitly:
+x = x0 + sigma * eps with x = x_vp / sqrt(abar) and sigma^2 = (1 - abar) / abar (Karras et al.,
+EDM, arXiv 2206.00364, Table 1). Every formula below is the paper's, converted explicitly:
 
 - Eq. 5: g_t = grad_{x_t} l(f(x0_hat(x_t)), y). In VE, g_vp = g_ve * sqrt(1 + sigma_t^2). With the
   cheap "x0 only" path the denoiser's Jacobian is dropped: g_ve = grad_{x0} l (d x0 / d x = I).
@@ -270,6 +270,29 @@ def tile(tensor: torch.Tensor, count: int) -> torch.Tensor:
     return tensor.repeat(count, *([1] * (tensor.ndim - 1)))
 
 
+IN_PLACE_DENOISER = (
+    "Loss Guidance: gradient = through the denoiser cannot differentiate this model: its network updates its "
+    "activations in place (as Flux-architecture blocks do), which autograd cannot go back through. Choose "
+    "gradient = x0 estimate."
+)
+
+
+NO_BACKWARD_KERNEL = (
+    "Loss Guidance: gradient = through the denoiser cannot differentiate this model in this ComfyUI: part of "
+    "its network runs in a fused kernel that has no backward pass (autograd: 'no autograd formula was "
+    "registered'). Choose gradient = x0 estimate."
+)
+
+
+def _undifferentiable(message: str) -> Optional[str]:
+    """The advice for an autograd failure that comes from the model's code, not the pack's."""
+    if "inplace operation" in message:
+        return IN_PLACE_DENOISER
+    if "no autograd formula" in message:
+        return NO_BACKWARD_KERNEL
+    return None
+
+
 def loss_gradient(objective: Callable, point: torch.Tensor, to_x0: Optional[Callable] = None) -> tuple:
     """Eq. 5: (grad of the summed per-sample losses w.r.t. `point`, the losses (B,)).
 
@@ -280,7 +303,13 @@ def loss_gradient(objective: Callable, point: torch.Tensor, to_x0: Optional[Call
     with torch.inference_mode(False), torch.enable_grad():
         leaf = point.detach().clone().requires_grad_(True)
         losses = objective(leaf if to_x0 is None else to_x0(leaf))
-        (grad,) = torch.autograd.grad(losses.sum(), leaf)
+        try:
+            (grad,) = torch.autograd.grad(losses.sum(), leaf)
+        except RuntimeError as error:
+            reason = _undifferentiable(str(error)) if to_x0 is not None else None
+            if reason is None:
+                raise
+            raise ValueError(reason) from error
     return grad.detach(), losses.detach()
 
 

@@ -1,6 +1,6 @@
 """S-CFG: semantic-aware classifier-free guidance (Shen et al., "Rethinking the Spatial
-Inconsistency in Classifier-Free Diffusion Guidance", CVPR 2024, arXiv 2404.05384;
-shared/reference/s-cfg.md). Defaults follow the released code (SmilesDZgk/S-CFG, sd/utils.py
+Inconsistency in Classifier-Free Diffusion Guidance", CVPR 2024, arXiv 2404.05384).
+Defaults follow the released code (SmilesDZgk/S-CFG, sd/utils.py
 get_mask and sd/sd.py), step for step.
 
 With the classifier score eta = e(x, c) - e(x, empty) (any space: `delta`), S-CFG replaces
@@ -23,7 +23,8 @@ then both are averaged over layers with equal weight, and
    an empty reference region gives 0, i.e. the lower clamp, as in the code), clamped to [0.8, 3.0]
    and to at most 15 / g, then smoothed again (step 3's kernel).
 |eta_p| is the L2 norm over channels at pixel p. The rate is a ratio of norms and the combination
-is affine per pixel, so it is identical in eps and x0 space (conventions.md).
+is affine per pixel, so it is identical in eps and x0 space (x0 = x - sigma eps is affine in eps
+with x fixed, and affine combinations whose weights sum to 1 commute with affine maps).
 
 Shapes: cross maps (N, h, w, T), self maps (N, h*w, h*w); processed per pass: token maps
 (N, T, H, W) and reference maps (N, 2, H, W) at the finest side; N is the batch of one pass; index

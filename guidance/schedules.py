@@ -2,7 +2,7 @@
 TMLR 2024, arXiv 2404.13040) and the guidance interval (Kynkaanniemi et al., NeurIPS 2024,
 arXiv 2404.07724).
 
-Conventions (shared/reference/conventions.md, cfg-schedules.md):
+Conventions:
 - tau in [0, 1] is sampling progress: 0 at the noisiest step, 1 at the clean end.
 - The papers use w in the (1 + w) e_c - w e_u convention; ComfyUI's cfg is s = w + 1. The node's
   static cfg s0 therefore gives w0 = s0 - 1, and every function returns s(tau) = w(tau) + 1.

@@ -2,8 +2,8 @@
 
 Every method of the pack is a term that edits a GuidanceState; the hook runs the terms in phase
 order (whatever order the nodes were applied in) and combines the result as classifier-free
-guidance in ComfyUI's x0 space (shared/reference/conventions.md: affine combinations with weights
-summing to 1 are identical in eps and x0 space):
+guidance in ComfyUI's x0 space (affine combinations with weights summing to 1 are identical in eps,
+v / velocity and x0 space, since each is an affine map of the others at fixed x and sigma):
 
     guided = uncond + (cond - uncond) * scale + correction
 

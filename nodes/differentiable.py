@@ -1,5 +1,8 @@
 """Differentiable calls into models that ComfyUI loaded in inference mode."""
 
+import contextlib
+
+import comfy.model_management
 import torch
 
 
@@ -30,3 +33,23 @@ def call_differentiably(module: torch.nn.Module, fn, *args):
     if not frozen:
         return fn(*args)
     return torch.func.functional_call(_Bound(module, fn), frozen, args, strict=False)
+
+
+@contextlib.contextmanager
+def differentiable_kernels():
+    """ComfyUI's own switch for a differentiable forward pass, on for the duration of the block.
+
+    Newer ComfyUI runs rotary embeddings and RMS norms through fused comfy_kitchen kernels that have
+    no backward (flux/math.py, lumina, cosmos predict2), unless `comfy.model_management.in_training`
+    is set, as its training node sets it. The flag is restored afterwards; versions without it are
+    left as they are.
+    """
+    if not hasattr(comfy.model_management, "in_training"):
+        yield
+        return
+    before = comfy.model_management.in_training
+    comfy.model_management.in_training = True
+    try:
+        yield
+    finally:
+        comfy.model_management.in_training = before

@@ -46,7 +46,9 @@ class DNSGuidance:
         "Diffusion-negative sampling (Desai & Vasconcelos 2024): the sampler draws the image the model finds "
         "LEAST compliant with the positive prompt p, by guiding away from p towards the empty prompt. Put p in "
         "positive and an EMPTY prompt in negative, as usual. Caption or look at the result to write the "
-        "diffusion-negative prompt n*, then generate with p and n*."
+        "diffusion-negative prompt n*, then generate with p and n*. Works on every model ComfyUI runs with CFG "
+        "(SD1.x to SDXL, SD3 / SD3.5, Chroma, Qwen-Image, Wan (video too), Lumina2, AuraFlow, Cosmos ...); "
+        "guidance-distilled models (Flux dev / schnell, Z-Image-Turbo) need true CFG: cfg above 1."
     )
 
     @classmethod

@@ -13,11 +13,18 @@ import torch
 import torch.nn.functional as F
 
 from ..guidance import losses as loss_maths
-from ..guidance.loss_guidance import GRADIENT_PATHS, STEP_RULES, LossGuidanceConfig, loss_guidance_term, trackable
+from ..guidance.loss_guidance import (
+    GRADIENT_PATHS,
+    STEP_RULES,
+    THROUGH_DENOISER,
+    LossGuidanceConfig,
+    loss_guidance_term,
+    trackable,
+)
 from ..guidance.progress import DEFAULT_SOURCE, SOURCES
 from . import model_files, validation
 from .differentiable import call_differentiably
-from .families import model_family
+from .families import config_name, model_family
 from .patching import add_guidance_term
 
 CATEGORY = "DNP Guidance/Loss Guidance"
@@ -465,6 +472,22 @@ SUPPORTED_FAMILIES = (
 )
 
 
+# ComfyUI's Flux-architecture blocks add to their activations in place (`img += ...` in
+# comfy/ldm/flux/layers.py and comfy/ldm/chroma), so autograd cannot go back through the denoiser.
+IN_PLACE_FAMILIES = ("Flux", "FluxSchnell", "FluxInpaint", "Flux2", "Chroma", "ChromaRadiance", "HunyuanVideo")
+
+
+def check_gradient_path(model, gradient: str) -> None:
+    """Refuse the through-the-denoiser gradient up front on families whose blocks work in place."""
+    name = config_name(model)
+    if gradient == THROUGH_DENOISER and name.startswith(IN_PLACE_FAMILIES):
+        raise ValueError(
+            f"Loss Guidance: gradient = through the denoiser cannot run on this model ({name}): Flux-architecture "
+            "blocks update their activations in place, which autograd cannot go back through. Choose gradient = "
+            "x0 estimate (the default; it needs no backward pass through the model)."
+        )
+
+
 def check_model_family(model) -> None:
     """Loss guidance needs x = alpha x0 + sigma eps with a known alpha: eps / v / EDM (VE), CONST (flow)
     or Cosmos Predict2's RFLOW (a VE sigma)."""
@@ -553,6 +576,7 @@ def patch_loss_guidance(model, losses: tuple, config: LossGuidanceConfig, decode
     if not losses:
         raise ValueError("Loss Guidance: losses is empty. Connect a loss node (e.g. CLIP Text Loss).")
     check_model_family(model)
+    check_gradient_path(model, config.gradient)
     _check_decoder(losses, decoder, vae)
     to_image = vae_decoder(model, vae) if decoder == VAE_DECODER else preview_decoder(model)
     to_latent = model.get_model_object("latent_format").process_out
@@ -620,7 +644,9 @@ class LossGuidance:
                         "the same effect (about 3x in the lab), because the Polyak step's length depends on the "
                         "gradient's size; at each path's own best scale the lab's final losses do not differ. "
                         "through the denoiser: the paper's Eq. 5, backpropagating through the UNet too (about 3x "
-                        "the cost of a plain step, and much more memory)."
+                        "the cost of a plain step, and much more memory). Not on Flux-architecture models (Flux, "
+                        "Chroma), whose blocks work in place, nor where ComfyUI runs the model in kernels without a "
+                        "backward (Cosmos Predict2 on ComfyUI 0.33): use x0 estimate there."
                     },
                 ),
                 "decoder": (
@@ -698,6 +724,9 @@ class LossGuidance:
         "Training-free loss-based guidance (Shen et al., NeurIPS 2024): at every step in the window the sampler's "
         "x0 estimate is nudged down the gradient of your losses, with random augmentation, the Polyak step size "
         "and time travel. Works with any KSampler sampler and stacks with the pack's other guidance nodes. "
+        "Models: SD1.x, SD2.x, SDXL (eps / v), flow-matching models (SD3 / SD3.5, Flux, Chroma, Qwen-Image, "
+        "Lumina2 / Z-Image, HiDream, AuraFlow, single-frame Wan) and Cosmos Predict2; video latents with more than "
+        "one frame are refused. It needs no negative pass, so it also runs at cfg 1. "
         "A run whose result grows beyond 20x the model's own x0 prediction at the first step stops with an "
         "error (the scale is too high)."
     )

@@ -34,7 +34,7 @@ from ..guidance.stack import (
     GuidanceTerm,
     apply_stack,
 )
-from .differentiable import call_differentiably
+from .differentiable import call_differentiably, differentiable_kernels
 from .families import guidance_distilled, noise_space, true_cfg_message
 from .sampler_steps import StepLocator, StepPlace, sampler_function_name
 
@@ -363,7 +363,8 @@ class SamplerEvaluator:
         def both(values):
             return comfy.samplers.calc_cond_batch(model, [args["cond"], args["uncond"]], values, args["sigma"], options)
 
-        cond, uncond = call_differentiably(model, both, x)
+        with differentiable_kernels():
+            cond, uncond = call_differentiably(model, both, x)
         return cond, uncond
 
     def guided(self, x: torch.Tensor) -> torch.Tensor:

@@ -124,7 +124,9 @@ class CFGSchedule:
         "schedulers) or restricts guidance to a noise interval (Kynkaanniemi et al. 2024). The sampler's "
         "cfg becomes the schedule's mean s0; the scale actually used at each step is s(tau). Works with "
         "KSampler, KSamplerAdvanced and SamplerCustomAdvanced + CFGGuider, and stacks with the other "
-        "DNP Guidance nodes."
+        "DNP Guidance nodes. Works on every model ComfyUI runs with CFG, UNets and DiT / flow-matching models "
+        "alike (video latents too); the interval is in EDM sigma on every family. Guidance-distilled models "
+        "(Flux dev / schnell, Z-Image-Turbo) need true CFG: cfg above 1."
     )
 
     @classmethod

@@ -100,5 +100,16 @@ def sd2_v():
     return patcher(config), conds[0], conds[1]
 
 
+def fill_empty_buffers_(module: torch.nn.Module, generator: torch.Generator) -> None:
+    """Random values in the buffers that ComfyUI allocates with torch.empty and fills from the weights
+    file (MMDiT's `pos_embed`), so an in-memory model never computes with uninitialised memory."""
+    with torch.no_grad():
+        for name, buffer in module.named_buffers():
+            if name.endswith("pos_embed") and buffer.is_floating_point():
+                buffer.copy_(0.1 * torch.randn(buffer.shape, generator=generator))
+
+
 def sd3():
-    return patcher(comfy.supported_models.SD3(SD3_MMDIT))
+    model = patcher(comfy.supported_models.SD3(SD3_MMDIT))
+    fill_empty_buffers_(model.model, torch.Generator().manual_seed(3))
+    return model

@@ -1,4 +1,4 @@
-"""guidance.scfg: masks and rates from hand-built attention maps (shared/reference/s-cfg.md)."""
+"""guidance.scfg: masks and rates from hand-built attention maps (Shen et al., arXiv 2404.05384)."""
 
 import math
 

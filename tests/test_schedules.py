@@ -1,4 +1,4 @@
-"""guidance.schedules: every formula of shared/reference/cfg-schedules.md, in ComfyUI's s convention."""
+"""guidance.schedules: every formula of Wang et al. (arXiv 2404.13040) and the guidance interval, in ComfyUI's s convention."""
 
 import math
 
