@@ -22,12 +22,44 @@ SD15_MODEL_LINK = {
     "url": "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/" + SD15_CHECKPOINT,
     "directory": "checkpoints",
 }
+# Chroma's files as ComfyUI's own Chroma template (image_chroma_text_to_image) names and links them.
+CHROMA_MODEL_LINKS = {
+    "UNETLoader": {
+        "name": "Chroma1-HD.safetensors",
+        "url": "https://huggingface.co/lodestones/Chroma1-HD/resolve/main/Chroma1-HD.safetensors",
+        "directory": "diffusion_models",
+    },
+    "CLIPLoader": {
+        "name": "t5xxl_fp8_e4m3fn_scaled.safetensors",
+        "url": "https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/t5xxl_fp8_e4m3fn_scaled.safetensors",
+        "directory": "text_encoders",
+    },
+    "VAELoader": {
+        "name": "ae.safetensors",
+        "url": "https://huggingface.co/Comfy-Org/Lumina_Image_2.0_Repackaged/resolve/main/split_files/vae/ae.safetensors",
+        "directory": "vae",
+    },
+}
+# KSampler settings of the SD1.5 graphs, and of the Chroma graph: true CFG around 4, the beta scheduler.
+SD15_SAMPLING = {"steps": 20, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal"}
+CHROMA_SAMPLING = {"steps": 26, "cfg": 4.0, "sampler_name": "euler", "scheduler": "beta"}
+
+
+def model_loader(graph: Graph, node_type: str, pos: tuple, widget: str, link: dict, **widgets):
+    """A loader node set to the file `link` names; the frontend offers to download it (properties.models)
+    when it is missing."""
+    loader = graph.add(node_type, pos, **{widget: link["name"]}, **widgets)
+    graph.nodes[-1]["properties"]["models"] = [link]
+    return loader
+
+
+def sd15_checkpoint(graph: Graph):
+    return model_loader(graph, "CheckpointLoaderSimple", (20, 120), "ckpt_name", SD15_MODEL_LINK)
 
 
 def text_to_image_base(graph: Graph, positive: str, negative: str, width: int = 512, height: int = 512):
     """Checkpoint, the two prompts and an empty latent: the start of every shipped graph."""
-    checkpoint = graph.add("CheckpointLoaderSimple", (20, 120), ckpt_name=SD15_CHECKPOINT)
-    graph.nodes[-1]["properties"]["models"] = [SD15_MODEL_LINK]
+    checkpoint = sd15_checkpoint(graph)
     pos = graph.add(
         "CLIPTextEncode",
         (380, 60),
@@ -124,25 +156,24 @@ def dns_branch(graph: Graph, checkpoint, pos, empty, latent, y: int = 60):
     return decoded
 
 
-def final_branch(graph: Graph, checkpoint, pos, neg, latent, pos_xy: tuple, prefix: str, title: str, model=None):
+def final_branch(
+    graph: Graph, model, vae, pos, neg, latent, pos_xy: tuple, prefix: str, title: str, sampling: dict = SD15_SAMPLING
+):
     """KSampler -> VAE Decode -> Save Image at seed 42 (the seed of every sampler in the shipped graphs)."""
     x, y = pos_xy
     sampler = graph.add(
         "KSampler",
         (x, y),
         title=title,
-        model=model or checkpoint.out("MODEL"),
+        model=model,
         positive=pos,
         negative=neg,
         latent_image=latent.out(0),
         seed=42,
-        steps=20,
-        cfg=7.0,
-        sampler_name="euler",
-        scheduler="normal",
         denoise=1.0,
+        **sampling,
     )
-    decoded = graph.add("VAEDecode", (x + 360, y), size=(220, 100), samples=sampler.out(0), vae=checkpoint.out("VAE"))
+    decoded = graph.add("VAEDecode", (x + 360, y), size=(220, 100), samples=sampler.out(0), vae=vae)
     graph.add("SaveImage", (x + 600, y), size=(360, 400), images=decoded.out(0), filename_prefix=prefix)
 
 
@@ -160,7 +191,15 @@ def dnp_manual(object_info: dict) -> dict:
         clip=checkpoint.out("CLIP"),
     )
     final_branch(
-        graph, checkpoint, pos.out(0), n_star.out(0), latent, (1880, 260), "dnpg_dnp_manual", "KSampler (p, n*)"
+        graph,
+        checkpoint.out("MODEL"),
+        checkpoint.out("VAE"),
+        pos.out(0),
+        n_star.out(0),
+        latent,
+        (1880, 260),
+        "dnpg_dnp_manual",
+        "KSampler (p, n*)",
     )
     graph.add(
         "Note",
@@ -199,7 +238,15 @@ def dnp_auto(object_info: dict) -> dict:
         "CLIPTextEncode", (2640, 60), title="Negative prompt n*", text=n_star.out(0), clip=checkpoint.out("CLIP")
     )
     final_branch(
-        graph, checkpoint, pos.out(0), negative.out(0), latent, (2640, 260), "dnpg_dnp_auto", "KSampler (p, n*)"
+        graph,
+        checkpoint.out("MODEL"),
+        checkpoint.out("VAE"),
+        pos.out(0),
+        negative.out(0),
+        latent,
+        (2640, 260),
+        "dnpg_dnp_auto",
+        "KSampler (p, n*)",
     )
     graph.add(
         "Note",
@@ -217,64 +264,106 @@ def dnp_auto(object_info: dict) -> dict:
     return graph.to_json()
 
 
-def dnp_auto_compare(object_info: dict) -> dict:
-    graph = Graph(object_info)
-    checkpoint = graph.add("CheckpointLoaderSimple", (20, 120), ckpt_name=SD15_CHECKPOINT)
-    graph.nodes[-1]["properties"]["models"] = [SD15_MODEL_LINK]
+def auto_dnp_comparison(
+    graph: Graph, model, clip, vae, latent_type: str, sampling: dict, side: int, left_y: int, prefix: str
+):
+    """Auto-DNP and a plain generation of one prompt at one seed and settings, saved as prefix_dnp and
+    prefix_plain; left_y: the first free place under the loaders in the left column (for the captioner)."""
     prompt = graph.add("PrimitiveStringMultiline", (380, 60), title="Prompt p", size=(380, 140), value=FOX)
     user_negative = graph.add(
         "PrimitiveStringMultiline", (380, 240), title="Your negative", size=(380, 100), value="blurry, low quality"
     )
-    latent = graph.add("EmptyLatentImage", (380, 400), width=512, height=512, batch_size=1)
-    captioner = graph.add("DNPG_CaptionerLoader", (20, 320), captioner_name=CAPTIONER, dtype="auto", keep_loaded=False)
+    latent = graph.add(latent_type, (380, 400), width=side, height=side, batch_size=1)
+    captioner = graph.add(
+        "DNPG_CaptionerLoader", (20, left_y), captioner_name=CAPTIONER, dtype="auto", keep_loaded=False
+    )
     auto = graph.add(
         "DNPG_AutoDNP",
         (800, 60),
         size=(340, 520),
-        model=checkpoint.out("MODEL"),
-        clip=checkpoint.out("CLIP"),
-        vae=checkpoint.out("VAE"),
+        model=model,
+        clip=clip,
+        vae=vae,
         captioner=captioner.out(0),
         prompt=prompt.out(0),
         user_negative=user_negative.out(0),
         mode="append",
         seed=42,
-        steps=20,
-        cfg=7.0,
-        sampler_name="euler",
-        scheduler="normal",
-        width=512,
-        height=512,
+        width=side,
+        height=side,
         dns_steps=0,
         dns_size=0,
+        **sampling,
     )
     graph.add("PreviewImage", (1180, 620), title="DNS image", size=(300, 320), images=auto.out("dns_image"))
     graph.add("PreviewAny", (1520, 620), title="n*", size=(360, 160), source=auto.out("negative_prompt"))
     final_branch(
         graph,
-        checkpoint,
+        model,
+        vae,
         auto.out("positive"),
         auto.out("negative"),
         latent,
         (1180, 60),
-        "dnpg_dnp",
+        f"{prefix}_dnp",
         "KSampler (p, n*)",
+        sampling,
     )
-    plain_pos = graph.add("CLIPTextEncode", (800, 640), title="p", text=prompt.out(0), clip=checkpoint.out("CLIP"))
-    plain_neg = graph.add(
-        "CLIPTextEncode", (800, 800), title="your negative", text=user_negative.out(0), clip=checkpoint.out("CLIP")
-    )
+    plain_pos = graph.add("CLIPTextEncode", (800, 640), title="p", text=prompt.out(0), clip=clip)
+    plain_neg = graph.add("CLIPTextEncode", (800, 800), title="your negative", text=user_negative.out(0), clip=clip)
     final_branch(
-        graph, checkpoint, plain_pos.out(0), plain_neg.out(0), latent, (1180, 1000), "dnpg_plain", "KSampler (plain)"
+        graph,
+        model,
+        vae,
+        plain_pos.out(0),
+        plain_neg.out(0),
+        latent,
+        (1180, 1000),
+        f"{prefix}_plain",
+        "KSampler (plain)",
+        sampling,
     )
+
+
+COMPARE_NOTE = (
+    "Plain vs auto-DNP, same seed\n\n"
+    "Auto-DNP draws the DNS image of p, captions it and returns (p, n*) where n* = your negative + the "
+    "caption. Top: generated with (p, n*). Bottom: plain (p, your negative). Same seed, same settings.\n\n"
+    "dns_steps / dns_size make the DNS run cheaper; the node shows its cost."
+)
+
+
+def dnp_auto_compare(object_info: dict) -> dict:
+    graph = Graph(object_info)
+    checkpoint = sd15_checkpoint(graph)
+    model, clip, vae = checkpoint.out("MODEL"), checkpoint.out("CLIP"), checkpoint.out("VAE")
+    auto_dnp_comparison(graph, model, clip, vae, "EmptyLatentImage", SD15_SAMPLING, 512, 320, "dnpg")
+    graph.add("Note", (20, 480), size=(340, 260), text=COMPARE_NOTE)
+    return graph.to_json()
+
+
+def chroma_loaders(graph: Graph):
+    """Chroma's three files: the diffusion model, its T5-XXL text encoder (CLIPLoader type chroma), the Flux VAE."""
+    links = CHROMA_MODEL_LINKS
+    unet = model_loader(graph, "UNETLoader", (20, 120), "unet_name", links["UNETLoader"], weight_dtype="default")
+    clip = model_loader(graph, "CLIPLoader", (20, 260), "clip_name", links["CLIPLoader"], type="chroma")
+    vae = model_loader(graph, "VAELoader", (20, 420), "vae_name", links["VAELoader"])
+    return unet.out(0), clip.out(0), vae.out(0)
+
+
+def dnp_auto_compare_chroma(object_info: dict) -> dict:
+    graph = Graph(object_info)
+    model, clip, vae = chroma_loaders(graph)
+    auto_dnp_comparison(graph, model, clip, vae, "EmptySD3LatentImage", CHROMA_SAMPLING, 1024, 540, "dnpg_chroma")
     graph.add(
         "Note",
-        (20, 480),
-        size=(340, 260),
-        text="Plain vs auto-DNP, same seed\n\n"
-        "Auto-DNP draws the DNS image of p, captions it and returns (p, n*) where n* = your negative + the "
-        "caption. Top: generated with (p, n*). Bottom: plain (p, your negative). Same seed, same settings.\n\n"
-        "dns_steps / dns_size make the DNS run cheaper; the node shows its cost.",
+        (20, 700),
+        size=(340, 420),
+        text=COMPARE_NOTE + "\n\nChroma is Flux-architecture without Flux's guidance distillation: it samples with "
+        "true CFG (cfg 4, a real negative prompt), so n* works as on SD models. At dns_size 0 the DNS run costs "
+        "one full 1024 px generation; dns_size 512 makes it about a quarter of that.\n\n"
+        "Files: Chroma1-HD.safetensors in models/diffusion_models, t5xxl_fp8_e4m3fn_scaled.safetensors in "
+        "models/text_encoders, ae.safetensors (the Flux VAE) in models/vae.",
     )
     return graph.to_json()
 
@@ -298,10 +387,26 @@ def scfg_compare(object_info: dict) -> dict:
         reference="uncond",
     )
     final_branch(
-        graph, checkpoint, pos.out(0), neg.out(0), latent, (1180, 60), "dnpg_plain_cfg", "KSampler (plain CFG)"
+        graph,
+        checkpoint.out("MODEL"),
+        checkpoint.out("VAE"),
+        pos.out(0),
+        neg.out(0),
+        latent,
+        (1180, 60),
+        "dnpg_plain_cfg",
+        "KSampler (plain CFG)",
     )
     final_branch(
-        graph, checkpoint, pos.out(0), neg.out(0), latent, (1180, 520), "dnpg_scfg", "KSampler (S-CFG)", patched.out(0)
+        graph,
+        patched.out(0),
+        checkpoint.out("VAE"),
+        pos.out(0),
+        neg.out(0),
+        latent,
+        (1180, 520),
+        "dnpg_scfg",
+        "KSampler (S-CFG)",
     )
     regions = graph.add(
         "DNPG_SCFGRegions",
@@ -368,18 +473,26 @@ def loss_guidance_compare(object_info: dict) -> dict:
         progress_source="timestep",
     )
     final_branch(
-        graph, checkpoint, pos.out(0), neg.out(0), latent, (1180, 60), "dnpg_plain_cfg", "KSampler (plain CFG)"
+        graph,
+        checkpoint.out("MODEL"),
+        checkpoint.out("VAE"),
+        pos.out(0),
+        neg.out(0),
+        latent,
+        (1180, 60),
+        "dnpg_plain_cfg",
+        "KSampler (plain CFG)",
     )
     final_branch(
         graph,
-        checkpoint,
+        guided.out(0),
+        checkpoint.out("VAE"),
         pos.out(0),
         neg.out(0),
         latent,
         (1180, 520),
         "dnpg_loss_guided",
         "KSampler (CLIP-guided)",
-        guided.out(0),
     )
     graph.add(
         "Note",
@@ -400,6 +513,7 @@ WORKFLOWS = {
     "dnp_manual.json": dnp_manual,
     "dnp_auto.json": dnp_auto,
     "dnp_auto_compare.json": dnp_auto_compare,
+    "dnp_auto_compare_chroma.json": dnp_auto_compare_chroma,
     "scfg.json": scfg_compare,
     "loss_guidance.json": loss_guidance_compare,
 }

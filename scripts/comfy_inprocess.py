@@ -10,6 +10,12 @@ import types
 
 PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CHECKPOINT = "dnpg_tiny_sd15.safetensors"
+# The tiny Chroma set (scripts/make_tiny_checkpoint.py --chroma-dir), by (loader node, widget).
+TINY_CHROMA = {
+    ("UNETLoader", "unet_name"): "dnpg_tiny_chroma.safetensors",
+    ("CLIPLoader", "clip_name"): "dnpg_tiny_clip_l.safetensors",
+    ("VAELoader", "vae_name"): "dnpg_tiny_flux_vae.safetensors",
+}
 
 
 def comfy_dir() -> str:

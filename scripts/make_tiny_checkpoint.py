@@ -1,4 +1,5 @@
-"""Build a tiny SD1.5-architecture checkpoint with seeded random weights.
+"""Build a tiny SD1.5-architecture checkpoint with seeded random weights (and, on request, the
+separate files of a tiny Chroma: diffusion model, text encoder, VAE).
 
 ComfyUI detects SD1.5 from model_channels=320 and context_dim=768, so the UNet keeps those and
 shrinks everything else (two levels, one res block, transformer depth 1). The text encoder is the
@@ -10,6 +11,7 @@ Run from inside a ComfyUI tree (the provision script does): python make_tiny_che
 """
 
 import argparse
+import functools
 import os
 import sys
 
@@ -22,6 +24,7 @@ import comfy.cli_args  # noqa: E402
 
 comfy.cli_args.args.cpu = True  # building weights needs no accelerator
 
+import comfy.model_detection  # noqa: E402
 import comfy.sd1_clip  # noqa: E402
 import comfy.taesd.taesd  # noqa: E402
 import tiny_models  # noqa: E402
@@ -70,20 +73,88 @@ def write_sd3(path: str) -> None:
     print(f"wrote {path}")
 
 
+CHROMA_FILES = {
+    "diffusion_models": "dnpg_tiny_chroma.safetensors",
+    "text_encoders": "dnpg_tiny_clip_l.safetensors",
+    "vae": "dnpg_tiny_flux_vae.safetensors",
+}
+CLIP_PREFIX = "cond_stage_model.transformer."
+TAEF1_SCALE, TAEF1_SHIFT = 0.3611, 0.1159  # what ComfyUI's VAELoader gives its taef1 (nodes.py, load_taesd)
+
+
+def chroma_config():
+    """ComfyUI's own config for the smallest Chroma its detection accepts, from the keys it reads.
+
+    comfy/model_detection.py fixes 24 heads of 128 (hidden size 3072) and the approximator (5 layers
+    of 5120), counts the double and single blocks, and takes the text width from txt_in.weight: one
+    double block, no single blocks and a 768-wide text input (a CLIP-L conditions it)."""
+    meta = functools.partial(torch.empty, device="meta")
+    sketch = {
+        "double_blocks.0.img_attn.norm.key_norm.scale": meta(128),
+        "distilled_guidance_layer.norms.0.scale": meta(5120),
+        "img_in.weight": meta(3072, 64),
+        "txt_in.weight": meta(3072, 768),
+    }
+    return comfy.model_detection.model_config_from_unet(sketch, "")
+
+
+def published_chroma_keys(network: torch.nn.Module) -> dict:
+    """The state dict with its RMSNorm gains named `.scale`, as in Chroma's published files: ComfyUI
+    0.3.75 reads only `.scale`; 0.33.0's RMSNorm calls them `.weight` and renames `.scale` on load."""
+    rms_norms = {name for name, module in network.named_modules() if type(module).__name__ == "RMSNorm"}
+    state = {}
+    for key, tensor in network.state_dict().items():
+        module, _, name = key.rpartition(".")
+        state[f"{module}.scale" if module in rms_norms and name == "weight" else key] = tensor
+    return state
+
+
+def save_fp16(state: dict, path: str, what: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".partial"
+    tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in state.items()}
+    save_file(tensors, tmp, metadata={"dnpg": what})
+    os.replace(tmp, path)
+    print(f"wrote {path}: {sum(t.numel() for t in tensors.values()) / 1e6:.1f} M parameters")
+
+
+def write_chroma(models_dir: str, seed: int, checkpoint_state: dict) -> None:
+    """The tiny Chroma set under models_dir: the diffusion model for UNETLoader, the SD1.5 checkpoint's
+    CLIP-L for CLIPLoader (type chroma falls back to an SD1 CLIP for it) and a 16-channel TAESD for
+    VAELoader (ComfyUI reads the latent channels from taesd_decoder.1.weight)."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def path(folder: str) -> str:
+        return os.path.join(models_dir, folder, CHROMA_FILES[folder])
+
+    model = chroma_config().get_model({})
+    tiny_models.randomise_(model, generator)
+    save_fp16(published_chroma_keys(model.diffusion_model), path("diffusion_models"), "tiny random Chroma")
+    clip = {k[len(CLIP_PREFIX) :]: v for k, v in checkpoint_state.items() if k.startswith(CLIP_PREFIX)}
+    save_fp16(clip, path("text_encoders"), "the tiny SD1.5 checkpoint's CLIP-L")
+    taesd = comfy.taesd.taesd.TAESD(latent_channels=16)
+    tiny_models.randomise_(taesd, generator)
+    vae = dict(taesd.state_dict(), vae_scale=torch.tensor(TAEF1_SCALE), vae_shift=torch.tensor(TAEF1_SHIFT))
+    save_fp16(vae, path("vae"), "tiny random 16-channel TAESD (Flux latents)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sd3-out", help="also write a tiny SD3 (MMDiT) diffusion model here (a non-UNet family)")
+    parser.add_argument(
+        "--chroma-dir",
+        help="also write the tiny Chroma set under this models folder: "
+        + ", ".join(f"{folder}/{name}" for folder, name in CHROMA_FILES.items()),
+    )
     args = parser.parse_args()
     if args.sd3_out:
         write_sd3(args.sd3_out)
     state = build_state_dict(args.seed)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".partial"
-    save_file(state, tmp, metadata={"dnpg": "tiny random SD1.5 test checkpoint"})
-    os.replace(tmp, args.out)
-    print(f"wrote {args.out}: {sum(t.numel() for t in state.values()) / 1e6:.1f} M parameters")
+    save_fp16(state, args.out, "tiny random SD1.5 test checkpoint")
+    if args.chroma_dir:
+        write_chroma(args.chroma_dir, args.seed, state)
 
 
 if __name__ == "__main__":

@@ -116,12 +116,15 @@ link_pack() {
 }
 
 write_model_paths() {
-  mkdir -p "$MODELS"/{checkpoints,diffusion_models,captioners,clip_vision,clip_guidance}
+  # No clip: entry: ComfyUI maps the legacy folder name clip to text_encoders (folder_paths.map_legacy).
+  mkdir -p "$MODELS"/{checkpoints,diffusion_models,text_encoders,vae,captioners,clip_vision,clip_guidance}
   cat >"$DNPG_HOME/extra_model_paths.yaml" <<YAML
 dnp_guidance_test:
     base_path: $MODELS
     checkpoints: checkpoints
     diffusion_models: diffusion_models
+    text_encoders: text_encoders
+    vae: vae
     captioners: captioners
     clip_vision: clip_vision
     clip_guidance: clip_guidance
@@ -129,13 +132,19 @@ YAML
 }
 
 build_tiny_checkpoint() {
+  # One recipe writes the SD1.5 checkpoint, the SD3 model and the Chroma set (whose CLIP-L is the
+  # checkpoint's): all are rebuilt when the recipe changes or one of them is missing.
   local ckpt="$MODELS/checkpoints/dnpg_tiny_sd15.safetensors" recipe="$PACK_DIR/scripts/make_tiny_checkpoint.py"
-  local want
+  local sd3="$MODELS/diffusion_models/dnpg_tiny_sd3.safetensors"
+  local outputs=("$ckpt" "$sd3" "$MODELS/diffusion_models/dnpg_tiny_chroma.safetensors"
+    "$MODELS/text_encoders/dnpg_tiny_clip_l.safetensors" "$MODELS/vae/dnpg_tiny_flux_vae.safetensors")
+  local want missing=0 file
   want="$(cat "$recipe" "$PACK_DIR/scripts/tiny_models.py" | sha256sum | cut -c1-16)"
-  if [[ ! -f "$ckpt" || "$(cat "$ckpt.recipe" 2>/dev/null)" != "$want" ]]; then
-    log "building the tiny random SD1.5 checkpoint at $ckpt"
+  for file in "${outputs[@]}"; do [[ -f "$file" ]] || missing=1; done
+  if ((missing)) || [[ "$(cat "$ckpt.recipe" 2>/dev/null)" != "$want" ]]; then
+    log "building the tiny random SD1.5 checkpoint at $ckpt, the tiny SD3 and the tiny Chroma set in $MODELS"
     (cd "$COMFY" && "$VENV/bin/python" "$recipe" --out "$ckpt" \
-      --sd3-out "$MODELS/diffusion_models/dnpg_tiny_sd3.safetensors" >&2)
+      --sd3-out "$sd3" --chroma-dir "$MODELS" >&2)
     echo "$want" >"$ckpt.recipe"
   fi
 }

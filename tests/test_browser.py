@@ -8,18 +8,21 @@ import re
 import time
 
 import pytest
+from comfy_inprocess import TINY_CHROMA
 from conftest import ARTIFACTS, PACK_DIR, TINY_CHECKPOINT
 
 pytestmark = pytest.mark.server
 
 CHROMIUM = "/usr/bin/chromium"
 WORKFLOW_FILES = sorted(glob.glob(os.path.join(PACK_DIR, "workflows", "*.json")))
-# Model choices are picked from the combo's menu, as a user picks an installed model; sizes and steps
+# Model choices are picked from the combo's menu, as a user picks an installed model, by (node type,
+# widget): clip_name is the Guidance CLIP Loader's CLIP and CLIPLoader's text encoder. Sizes and steps
 # are typed values.
 QUICK_MODELS = {
-    "ckpt_name": TINY_CHECKPOINT,
-    "captioner_name": "dnpg-tiny-blip",
-    "clip_name": "dnpg-tiny-clip",  # only Guidance CLIP Loader has it in the shipped graphs
+    ("CheckpointLoaderSimple", "ckpt_name"): TINY_CHECKPOINT,
+    ("DNPG_CaptionerLoader", "captioner_name"): "dnpg-tiny-blip",
+    ("DNPG_GuidanceClipLoader", "clip_name"): "dnpg-tiny-clip",
+    **TINY_CHROMA,
 }
 QUICK_NUMBERS = {"width": 128, "height": 128, "steps": 3}
 # Console noise of the frontend itself on an offline machine without the template gallery package.
@@ -60,13 +63,14 @@ def page(server):
             browser.close()
 
 
-def combo_widgets(tab, names) -> list:
-    """(node id, widget name) of every combo widget with one of `names`."""
+def combo_widgets(tab, keys) -> list:
+    """(node id, node type, widget name) of every combo widget whose (node type, widget name) is in `keys`."""
     return tab.evaluate(
-        """names => window.app.graph.nodes.flatMap(node => (node.widgets || [])
-            .filter(widget => widget.type === 'combo' && names.includes(widget.name))
-            .map(widget => [node.id, widget.name]))""",
-        list(names),
+        """keys => window.app.graph.nodes.flatMap(node => (node.widgets || [])
+            .filter(widget => widget.type === 'combo'
+                && keys.some(([type, name]) => type === node.type && name === widget.name))
+            .map(widget => [node.id, node.type, widget.name]))""",
+        [list(key) for key in keys],
     )
 
 
@@ -149,8 +153,8 @@ def test_workflow_loads_queues_and_renders_in_the_frontend(page, server, path):
     )
     assert missing == []
     assert page.get_by_text("Missing Node Types").count() == 0
-    for node_id, name in combo_widgets(page, QUICK_MODELS):
-        choose_in_combo(page, node_id, name, QUICK_MODELS[name])
+    for node_id, node_type, name in combo_widgets(page, QUICK_MODELS):
+        choose_in_combo(page, node_id, name, QUICK_MODELS[node_type, name])
     assert page.evaluate("window.app.graph.nodes.filter(n => n.has_errors).map(n => n.type)") == []
     page.evaluate(
         """quick => window.app.graph.nodes.forEach(node => (node.widgets || []).forEach(widget => {

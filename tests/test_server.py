@@ -9,6 +9,7 @@ import os
 import pytest
 from build_workflows import WORKFLOWS, build_all
 from comfy_client import ComfyError, adapt_prompt, output_node_ids, ui_to_api
+from comfy_inprocess import TINY_CHROMA
 from conftest import PACK_DIR, TINY_CHECKPOINT
 from PIL import Image
 
@@ -22,6 +23,7 @@ QUICK = {
     "captioner": "dnpg-tiny-blip",
     "guidance_clip": "dnpg-tiny-clip",
 }
+CHROMA_WORKFLOW = os.path.join(PACK_DIR, "workflows", "dnp_auto_compare_chroma.json")
 
 
 def load_workflow(path):
@@ -30,7 +32,13 @@ def load_workflow(path):
 
 
 def quick_prompt(server, path):
-    return adapt_prompt(ui_to_api(load_workflow(path), server.object_info), server.object_info, **QUICK)
+    """The shipped graph on the tiny models (the Chroma loaders on the tiny Chroma set), small and short."""
+    prompt = adapt_prompt(ui_to_api(load_workflow(path), server.object_info), server.object_info, **QUICK)
+    for node in prompt.values():
+        for (class_type, widget), name in TINY_CHROMA.items():
+            if node["class_type"] == class_type:
+                node["inputs"][widget] = name
+    return prompt
 
 
 def schedule_prompt(server):
@@ -109,15 +117,46 @@ def test_only_new_unlinked_outputs_of_core_nodes_are_tolerated():
     assert added_core_outputs(changed, {"type": "KSampler", "outputs": [new_output, new_output]}) == []
 
 
+@pytest.fixture(scope="module")
+def shipped_run(server):
+    """Run a shipped workflow's quick prompt once per module: (prompt, history entry)."""
+    runs = {}
+
+    def run(path):
+        if path not in runs:
+            prompt = quick_prompt(server, path)
+            runs[path] = prompt, server.run(prompt)
+        return runs[path]
+
+    return run
+
+
 @pytest.mark.parametrize("path", WORKFLOW_FILES, ids=os.path.basename)
-def test_shipped_workflow_runs_and_writes_an_image(server, path):
-    prompt = quick_prompt(server, path)
-    entry = server.run(prompt)
+def test_shipped_workflow_runs_and_writes_an_image(server, shipped_run, path):
+    prompt, entry = shipped_run(path)
     assert output_node_ids(prompt, server.object_info) <= set(entry["outputs"]), "not every output node ran"
     saved = [image for _, image in server.output_images(entry) if image["type"] == "output"]
     assert saved, "the workflow saved no image"
     with Image.open(io.BytesIO(server.image_bytes(saved[0]))) as image:
         assert image.size == (QUICK["size"], QUICK["size"])
+
+
+def saved_pixels(server, prompt, entry, prefix) -> bytes:
+    node_id = next(
+        key
+        for key, node in prompt.items()
+        if node["class_type"] == "SaveImage" and node["inputs"]["filename_prefix"] == prefix
+    )
+    (image,) = entry["outputs"][node_id]["images"]
+    with Image.open(io.BytesIO(server.image_bytes(image))) as saved:
+        assert saved.size == (QUICK["size"], QUICK["size"])
+        return saved.tobytes()
+
+
+def test_chroma_comparison_saves_a_dnp_image_that_differs_from_the_plain_one(server, shipped_run):
+    prompt, entry = shipped_run(CHROMA_WORKFLOW)
+    dnp = saved_pixels(server, prompt, entry, "dnpg_chroma_dnp")
+    assert dnp != saved_pixels(server, prompt, entry, "dnpg_chroma_plain")
 
 
 def test_schedule_plot_is_previewed(server):
