@@ -474,7 +474,7 @@ SUPPORTED_FAMILIES = (
 
 # ComfyUI's Flux-architecture blocks add to their activations in place (`img += ...` in
 # comfy/ldm/flux/layers.py and comfy/ldm/chroma), so autograd cannot go back through the denoiser.
-IN_PLACE_FAMILIES = ("Flux", "FluxSchnell", "FluxInpaint", "Flux2", "Chroma", "ChromaRadiance", "HunyuanVideo")
+IN_PLACE_FAMILIES = ("Flux", "Chroma", "HunyuanVideo")  # config-class prefixes: Flux2, ChromaRadiance, ...
 
 
 def check_gradient_path(model, gradient: str) -> None:

@@ -65,14 +65,6 @@ def build_state_dict(seed: int) -> dict:
     return state
 
 
-def write_sd3(path: str) -> None:
-    """A tiny SD3-architecture diffusion model for UNETLoader (models/diffusion_models/)."""
-    unet = tiny_models.sd3().model.diffusion_model
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    save_file({k: v.to(torch.float16).contiguous() for k, v in unet.state_dict().items()}, path)
-    print(f"wrote {path}")
-
-
 CHROMA_FILES = {
     "diffusion_models": "dnpg_tiny_chroma.safetensors",
     "text_encoders": "dnpg_tiny_clip_l.safetensors",
@@ -116,6 +108,11 @@ def save_fp16(state: dict, path: str, what: str) -> None:
     save_file(tensors, tmp, metadata={"dnpg": what})
     os.replace(tmp, path)
     print(f"wrote {path}: {sum(t.numel() for t in tensors.values()) / 1e6:.1f} M parameters")
+
+
+def write_sd3(path: str) -> None:
+    """A tiny SD3-architecture diffusion model for UNETLoader (models/diffusion_models/)."""
+    save_fp16(tiny_models.sd3().model.diffusion_model.state_dict(), path, "tiny random SD3 (MMDiT)")
 
 
 def write_chroma(models_dir: str, seed: int, checkpoint_state: dict) -> None:

@@ -39,34 +39,21 @@ def _generator(name: str) -> torch.Generator:
     return torch.Generator().manual_seed(sum(map(ord, name)))
 
 
-def _randomised(config, generator):
-    model = config.get_model({})
-    tiny_models.randomise_(model, generator)
-    tiny_models.fill_empty_buffers_(model, generator)
-    return model
-
-
 def _detected(diffusion_model: torch.nn.Module) -> str:
     config = comfy.model_detection.model_config_from_unet(diffusion_model.state_dict(), "")
     return type(config).__name__ if config is not None else "none"
 
 
-def _cpu_patcher(model) -> comfy.model_patcher.ModelPatcher:
-    cpu = torch.device("cpu")
-    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
-
-
-def _built(name, config, generator):
+def _built(config, generator):
     """A small model from `config` (a supported_models instance) and the detection's name for it."""
-    model = _randomised(config, generator)
-    return _cpu_patcher(model), _detected(model.diffusion_model)
+    patcher = tiny_models.patcher(config, generator)
+    return patcher, _detected(patcher.model.diffusion_model)
 
 
 def _loaded(name, config, generator):
     """Built, then its state dict loaded back through ComfyUI's UNETLoader path (real detection)."""
-    model = _randomised(config, generator)
-    state = {k: v.detach().clone() for k, v in model.diffusion_model.state_dict().items()}
-    detected = _detected(model.diffusion_model)
+    built, detected = _built(config, generator)
+    state = {k: v.detach().clone() for k, v in built.model.diffusion_model.state_dict().items()}
     patcher = comfy.sd.load_diffusion_model_state_dict(state)
     if patcher is None:
         raise RuntimeError(f"ComfyUI's detection did not load the tiny {name} weights")
@@ -149,7 +136,7 @@ def flux_dev():
     g = _generator("flux_dev")
     config = comfy.supported_models.Flux(_flux_config(guidance_embed=True))
     conds = _conds(g, 48, pooled_output=(1, 32), guidance=3.5)
-    return _family("flux_dev", "Flux", _built("flux_dev", config, g), conds, _latent(g))
+    return _family("flux_dev", "Flux", _built(config, g), conds, _latent(g))
 
 
 def flux_schnell():
@@ -157,7 +144,7 @@ def flux_schnell():
     g = _generator("flux_schnell")
     config = comfy.supported_models.FluxSchnell(_flux_config(guidance_embed=False))
     conds = _conds(g, 48, pooled_output=(1, 32))
-    return _family("flux_schnell", "FluxSchnell", _built("flux_schnell", config, g), conds, _latent(g))
+    return _family("flux_schnell", "FluxSchnell", _built(config, g), conds, _latent(g))
 
 
 CHROMA_BLOCKS = dict(
@@ -188,7 +175,7 @@ def chroma():
 
     config = comfy.supported_models.Chroma(_for_this_comfyui(comfy.ldm.chroma.model.ChromaParams, dict(CHROMA_BLOCKS)))
     conds = _conds(g, 768, pooled_output=None)  # ComfyUI's Chroma encoders give no pooled output
-    return _family("chroma", "Chroma", _built("chroma", config, g), conds, _latent(g))
+    return _family("chroma", "Chroma", _built(config, g), conds, _latent(g))
 
 
 def qwen_image():
@@ -207,7 +194,7 @@ def qwen_image():
     )
     config = comfy.supported_models.QwenImage(unet)
     latent = _latent(g, frames=1)  # ComfyUI samples Qwen-Image in Wan 2.1 latents (B, C, 1, H, W)
-    return _family("qwen_image", "QwenImage", _built("qwen_image", config, g), _conds(g, 48), latent)
+    return _family("qwen_image", "QwenImage", _built(config, g), _conds(g, 48), latent)
 
 
 def wan21(frames: int = 1):
@@ -251,7 +238,7 @@ def lumina2():
     """Lumina 2 (NextDiT: one joint stream of caption and image tokens)."""
     g = _generator("lumina2")
     config = comfy.supported_models.Lumina2(dict(LUMINA_BLOCKS))
-    return _family("lumina2", "Lumina2", _built("lumina2", config, g), _conds(g, 48), _latent(g))
+    return _family("lumina2", "Lumina2", _built(config, g), _conds(g, 48), _latent(g))
 
 
 def z_image():
@@ -261,7 +248,7 @@ def z_image():
     unet = dict(LUMINA_BLOCKS, dim=256, n_heads=8, n_kv_heads=8, z_image_modulation=True, time_scale=1000.0)
     unet.update(rope_theta=256.0, pad_tokens_multiple=32)  # Z-Image's modulation needs dim >= 256
     config = comfy.supported_models.ZImage(unet)
-    return _family("z_image", "Lumina2", _built("z_image", config, g), _conds(g, 48), _latent(g))
+    return _family("z_image", "Lumina2", _built(config, g), _conds(g, 48), _latent(g))
 
 
 def aura_flow():
@@ -280,7 +267,7 @@ def aura_flow():
         max_seq=16 * 16,
     )
     config = comfy.supported_models.AuraFlow(unet)
-    return _family("aura_flow", "AuraFlow", _built("aura_flow", config, g), _conds(g, 2048), _latent(g, 4))
+    return _family("aura_flow", "AuraFlow", _built(config, g), _conds(g, 2048), _latent(g, 4))
 
 
 def cosmos_predict2():
@@ -313,7 +300,7 @@ def cosmos_predict2():
     )
     config = comfy.supported_models.CosmosT2IPredict2(unet)
     latent = _latent(g, frames=1)
-    return _family("cosmos_predict2", "CosmosT2IPredict2", _built("cosmos", config, g), _conds(g, 48), latent)
+    return _family("cosmos_predict2", "CosmosT2IPredict2", _built(config, g), _conds(g, 48), latent)
 
 
 FAMILIES = {

@@ -67,9 +67,21 @@ def randomise_(module: torch.nn.Module, generator: torch.Generator) -> None:
                 param.fill_(0.0 if name.endswith("bias") else 1.0)
 
 
-def patcher(model_config) -> comfy.model_patcher.ModelPatcher:
+def fill_empty_buffers_(module: torch.nn.Module, generator: torch.Generator) -> None:
+    """Random values in the buffers that ComfyUI allocates with torch.empty and fills from the weights
+    file (MMDiT's `pos_embed`), so an in-memory model never computes with uninitialised memory."""
+    with torch.no_grad():
+        for name, buffer in module.named_buffers():
+            if name.endswith("pos_embed") and buffer.is_floating_point():
+                buffer.copy_(0.1 * torch.randn(buffer.shape, generator=generator))
+
+
+def patcher(model_config, generator=None) -> comfy.model_patcher.ModelPatcher:
+    """The config's model with random weights (seed 0 unless a generator is given), on the CPU."""
+    generator = torch.Generator().manual_seed(0) if generator is None else generator
     model = model_config.get_model({})
-    randomise_(model, torch.Generator().manual_seed(0))
+    randomise_(model, generator)
+    fill_empty_buffers_(model, generator)
     cpu = torch.device("cpu")
     return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
 
@@ -100,16 +112,5 @@ def sd2_v():
     return patcher(config), conds[0], conds[1]
 
 
-def fill_empty_buffers_(module: torch.nn.Module, generator: torch.Generator) -> None:
-    """Random values in the buffers that ComfyUI allocates with torch.empty and fills from the weights
-    file (MMDiT's `pos_embed`), so an in-memory model never computes with uninitialised memory."""
-    with torch.no_grad():
-        for name, buffer in module.named_buffers():
-            if name.endswith("pos_embed") and buffer.is_floating_point():
-                buffer.copy_(0.1 * torch.randn(buffer.shape, generator=generator))
-
-
 def sd3():
-    model = patcher(comfy.supported_models.SD3(SD3_MMDIT))
-    fill_empty_buffers_(model.model, torch.Generator().manual_seed(3))
-    return model
+    return patcher(comfy.supported_models.SD3(SD3_MMDIT))
