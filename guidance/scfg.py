@@ -72,18 +72,48 @@ def complete(self_attn: torch.Tensor, completion: str = "code") -> torch.Tensor:
     return (self_attn + s2 + s3 + s3 @ self_attn) / 4
 
 
-def process_layer(cross: torch.Tensor, self_attn=None, completion: str = "code", size: tuple = None) -> tuple:
+def completed(self_attn: torch.Tensor, maps: torch.Tensor, completion: str = "code") -> torch.Tensor:
+    """A C for the completion matrix A of S (N, hw, hw) and maps C (N, hw, T), as products of S with C
+    (S C, S (S C), ...): the same as complete(S) @ C, without the (hw)^3 matrix products."""
+    if completion not in COMPLETIONS:
+        raise ValueError(f"unknown completion {completion!r}; valid: {', '.join(COMPLETIONS)}")
+    powers = [self_attn @ maps]
+    powers.append(self_attn @ powers[-1])
+    if completion == "code":
+        return (powers[0] + 3 * powers[1]) / 4
+    powers += [self_attn @ powers[-1]]
+    powers += [self_attn @ powers[-1]]
+    return sum(powers) / 4
+
+
+def process_layer(
+    cross: torch.Tensor, self_attn=None, completion: str = "code", size: tuple = None, valid=None, start_token=True
+) -> tuple:
     """Steps 1-4 for one layer and pass: (N, h, w, T) cross [+ (N, hw, hw) self] -> (token maps
-    (N, T, H, W), reference maps (N, 2, H, W)) at `size` (default: the layer's own h, w)."""
+    (N, T, H, W), reference maps (N, 2, H, W)) at `size` (default: the layer's own h, w).
+
+    valid: (N, T) bool, the tokens that may own a region (DiTs: not padding); the others get token
+    maps of -1 (never the argmax) and leave the reference's "other tokens" sum. start_token: token 0
+    is a start token whose map defines the reference region (step 6; CLIP's BOS, the released code);
+    False makes the reference region the whole image, as the released code's DeepFloyd-IF path does
+    (sd/IF: the whole-image mean of |eta| as the reference), for text encoders without a start token.
+    """
     n, h, w, t = cross.shape
     maps = cross.reshape(n, h * w, t).float()
     if self_attn is not None:
-        maps = complete(self_attn.float(), completion) @ maps
+        maps = completed(self_attn.float(), maps, completion)
     maps = maps.transpose(1, 2).reshape(n, t, h, w)
     if size is not None and tuple(size) != (h, w):
         maps = F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)
     maps = smooth(maps)
     tokens = maps / (maps.mean(dim=(2, 3), keepdim=True) + EPS)
+    if valid is not None:
+        keep = valid.to(torch.bool).view(n, t, 1, 1)
+        tokens = torch.where(keep, tokens, torch.full_like(tokens, -1.0))
+        maps = maps * keep
+    if not start_token:
+        whole = torch.ones_like(maps[:, :1])
+        return tokens, torch.cat([torch.zeros_like(whole), whole], dim=1)  # start below the rest everywhere
     fore = torch.stack([maps[:, 0], maps[:, 1:].sum(dim=1)], dim=1)
     return tokens, fore / fore.mean(dim=(2, 3), keepdim=True).clamp(min=EPS)
 
@@ -149,23 +179,42 @@ def scfg_rate(delta: torch.Tensor, layers: list, cfg_scale, **options) -> torch.
     layer, cross (2, B, h, w, T) and self_attn (2, B, h*w, h*w) (None to skip completion),
     head-averaged probabilities, index 0 = uncond pass, 1 = cond pass; coarser layers are upsampled
     to the finest. options: completion ("code" | "paper"), self_completion (bool), reference
-    ("uncond" | "cond"), rate_min, rate_max, scale_cap.
+    ("uncond" | "cond"), rate_min, rate_max, scale_cap; for DiTs also valid ((2, B, T) bool, the
+    tokens that may own a region) and start_token (False: the whole image is the reference region),
+    see process_layer. delta may be a single-frame video prediction (B, C, 1, H, W).
     """
     completion = options.pop("completion", "code")
     use_self = options.pop("self_completion", True)
+    valid = options.pop("valid", None)
+    start_token = options.pop("start_token", True)
     finest = max((tuple(cross.shape[2:4]) for cross, _ in layers), key=lambda hw: hw[0] * hw[1])
     passes = [
         average_layers(
             [
                 process_layer(
-                    cross[index], self_attn[index] if use_self and self_attn is not None else None, completion, finest
+                    cross[index],
+                    self_attn[index] if use_self and self_attn is not None else None,
+                    completion,
+                    finest,
+                    valid=None if valid is None else valid[index],
+                    start_token=start_token,
                 )
                 for cross, self_attn in layers
             ]
         )
         for index in (0, 1)
     ]
-    return rate_from_maps(delta, passes[0], passes[1], cfg_scale, **options)
+    return spatial_rate(delta, passes[0], passes[1], cfg_scale, **options)
+
+
+def spatial_rate(delta: torch.Tensor, uncond_maps: tuple, cond_maps: tuple, cfg_scale, **options) -> torch.Tensor:
+    """rate_from_maps for (B, C, H, W) or single-frame video (B, C, 1, H, W) predictions (Wan, Qwen-Image,
+    Cosmos latents): the rate gets delta's number of dimensions."""
+    if delta.ndim == 5:
+        if delta.shape[2] != 1:
+            raise ValueError(f"S-CFG works on single-frame latents; this one has {delta.shape[2]} frames.")
+        return rate_from_maps(delta[:, :, 0], uncond_maps, cond_maps, cfg_scale, **options).unsqueeze(2)
+    return rate_from_maps(delta, uncond_maps, cond_maps, cfg_scale, **options)
 
 
 def scfg_term(
@@ -192,8 +241,8 @@ def scfg_term(
                 "S-CFG captured no attention maps in this step: another node replaced the attention of the "
                 "layers S-CFG reads, or the model ran without them."
             )
-        rate = rate_from_maps(state.cond - state.uncond, captured[0], captured[1], state.scale, **options)
-        tau = state.progress[progress_source].to(rate).view(-1, 1, 1, 1)
+        rate = spatial_rate(state.cond - state.uncond, captured[0], captured[1], state.scale, **options)
+        tau = state.progress[progress_source].to(rate).view(-1, *([1] * (rate.ndim - 1)))
         rate = torch.where((tau >= start) & (tau <= end), rate, torch.ones_like(rate))
         if observer is not None:
             observer(state, captured[0], captured[1], rate)

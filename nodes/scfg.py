@@ -1,6 +1,8 @@
-"""S-CFG node (Shen et al., CVPR 2024, arXiv 2404.05384): attention capture on the UNet, and the
-guidance-stack term. Maths in guidance/scfg.py; capture modelled on core's nodes_sag.py."""
+"""S-CFG node (Shen et al., CVPR 2024, arXiv 2404.05384): attention capture on the UNet (modelled on
+core's nodes_sag.py), the DiT capture in nodes/scfg_dit.py, and the guidance-stack term. Maths in
+guidance/scfg.py and guidance/attention_maps.py."""
 
+import dataclasses
 import logging
 
 import nodes as comfy_nodes
@@ -10,15 +12,15 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, UNetModel
 
 from ..guidance import scfg
 from ..guidance.progress import DEFAULT_SOURCE
-from . import validation
-from .dnp import clip_tokenizer
+from . import scfg_dit, validation
 from .inputs import cfg_input, sampler_input, scheduler_input, seed_input, steps_input
 from .patching import RUN_KEY, add_guidance_term, guidance_stack
 from .plotting import regions_panel
+from .scfg_capture import CAPTURE_KEY, ScfgCollector, passes
+from .token_labels import token_labels
 
 log = logging.getLogger("dnp_guidance")
 CATEGORY = "DNP Guidance/S-CFG"
-CAPTURE_KEY = "scfg"
 LAYER_CHOICES = {
     "auto (1/4 + 1/8)": (4, 8),
     "1/4 + 1/8": (4, 8),
@@ -72,32 +74,6 @@ def select_layers(layers: list, choice: str) -> list:
     return chosen
 
 
-class ScfgCollector:
-    """Running sums of each pass's processed (tokens, fore) maps during one evaluation."""
-
-    def __init__(self):
-        self.pending_self = {}
-        self.sums = [None, None]  # uncond pass, cond pass: (tokens sum, fore sum, layer count)
-
-    def add(self, pass_index: int, tokens, fore) -> None:
-        previous = self.sums[pass_index]
-        self.sums[pass_index] = (
-            (tokens, fore, 1) if previous is None else (previous[0] + tokens, previous[1] + fore, previous[2] + 1)
-        )
-
-    def finalize(self):
-        """((tokens, fore) of the uncond pass, same of the cond pass), layer means; None if a pass is missing."""
-        if None in self.sums:
-            return None
-        return tuple((tokens / count, fore / count) for tokens, fore, count in self.sums)
-
-
-def passes(tensor, cond_or_uncond: list):
-    """(pass index, chunk) for each chunk of a batched tensor: 1 for cond chunks, 0 for uncond."""
-    for chunk, kind in zip(tensor.chunk(len(cond_or_uncond)), cond_or_uncond):
-        yield (1 if kind == 0 else 0), chunk
-
-
 def _attention(q, k, v, extra):
     return optimized_attention(q, k, v, extra["n_heads"], attn_precision=extra.get("attn_precision"))
 
@@ -130,7 +106,7 @@ def map_size(extra: dict, ratio: int) -> tuple:
     return latent_side(extra, ratio)
 
 
-def cross_capture(key, completion: str, self_completion: bool, ratio: int, finest_ratio: int):
+def cross_capture(key, completion: str, self_completion: bool, ratio: int, finest_ratio: int, start_token=True):
     def attn2(q, k, v, extra):
         run = extra.get(RUN_KEY)
         if run is not None:
@@ -141,7 +117,8 @@ def cross_capture(key, completion: str, self_completion: bool, ratio: int, fines
             for pass_index, chunk in passes(probs, extra["cond_or_uncond"]):
                 self_attn = collector.pending_self.pop((key, pass_index), None) if self_completion else None
                 cross = chunk.reshape(-1, h, w, chunk.shape[-1])
-                collector.add(pass_index, *scfg.process_layer(cross, self_attn, completion, finest))
+                layer = scfg.process_layer(cross, self_attn, completion, finest, start_token=start_token)
+                collector.add(pass_index, *layer)
         return _attention(q, k, v, extra)
 
     return attn2
@@ -158,7 +135,7 @@ def unet_of(model):
     return unet
 
 
-def patch_capture(model, layers: list, completion: str, self_completion: bool) -> None:
+def patch_capture(model, layers: list, completion: str, self_completion: bool, start_token: bool = True) -> None:
     replaced = model.model_options.get("transformer_options", {}).get("patches_replace", {})
     finest_ratio = min(ratio for *_, ratio in layers)
     for name, block_id, depth, ratio in layers:
@@ -176,7 +153,7 @@ def patch_capture(model, layers: list, completion: str, self_completion: bool) -
             )
         if self_completion:
             model.set_model_attn1_replace(self_capture(key), name, block_id, depth)
-        capture = cross_capture(key, completion, self_completion, ratio, finest_ratio)
+        capture = cross_capture(key, completion, self_completion, ratio, finest_ratio, start_token)
         model.set_model_attn2_replace(capture, name, block_id, depth)
 
 
@@ -197,15 +174,22 @@ class SCFG:
             "required": {
                 "model": (
                     "MODEL",
-                    {"tooltip": "An SD1.x, SD2.x or SDXL model. Stacks with CFG Schedule and DNS Guidance."},
+                    {
+                        "tooltip": "An SD1.x / SD2.x / SDXL UNet, or a DiT: SD3 / SD3.5, Flux (true CFG), Chroma, "
+                        "Qwen-Image, Lumina2, Z-Image, AuraFlow, Wan (one frame), Cosmos Predict2. Stacks with CFG "
+                        "Schedule, DNS Guidance and Loss Guidance."
+                    },
                 ),
                 "layers": (
-                    list(LAYER_CHOICES),
+                    "STRING",
                     {
-                        "default": "auto (1/4 + 1/8)",
-                        "tooltip": "Which attention maps segment the image, by map side relative to the latent side. "
-                        "The official code uses 1/4 and 1/8 (SD1.5 at 512 px: the 16x16 and 8x8 layers); auto "
-                        "falls back to the two coarsest sizes on UNets without them. More layers cost more time.",
+                        "default": "auto",
+                        "tooltip": "Which attention maps segment the image. UNets: by map side relative to the latent "
+                        "side, 'auto' = '1/4 + 1/8' as the official code (SD1.5 at 512 px: the 16x16 and 8x8 layers; "
+                        "falls back to the two coarsest sizes), or '1/4', '1/8', '1/2 + 1/4', 'all'. DiTs: 'auto' "
+                        "(SD3: middle blocks around 9 of 24; Flux / Chroma: the last 4 double blocks; others: 4 "
+                        "middle blocks), 'all', or block indices such as '8, 9, 10' or '8-11' (Flux counts its "
+                        "single blocks after the double ones). More layers cost more time.",
                     },
                 ),
                 "rate_min": (
@@ -282,6 +266,18 @@ class SCFG:
                         "tooltip": "Which pass defines the reference region: uncond as in the released code, or cond.",
                     },
                 ),
+                "reference_token": (
+                    list(scfg_dit.REFERENCE_TOKENS),
+                    {
+                        "default": "auto",
+                        "tooltip": "What defines the reference region whose guidance strength every region gets. start "
+                        "token: the pixels that attend less to the text's start token than to the other tokens "
+                        "(the paper and code, with CLIP's BOS). whole image: the whole image (the code's DeepFloyd "
+                        "IF path), for text encoders without a start token. auto: start token on UNets, SD3 / SD3.5 "
+                        "(CLIP) and Lumina2 (Gemma); whole image on Flux, Chroma, Qwen-Image, Z-Image, AuraFlow, Wan "
+                        "and Cosmos (T5 / Qwen text has no start token).",
+                    },
+                ),
             }
         }
 
@@ -291,44 +287,94 @@ class SCFG:
     CATEGORY = CATEGORY
     DESCRIPTION = (
         "Semantic-aware CFG (Shen et al., CVPR 2024): at every step, segments the image into the regions of the "
-        "prompt's tokens from the UNet's cross- and self-attention, and rescales the guidance per region so that "
-        "every object gets the guidance strength of the main subject. Needs cfg > 1. SD1.x / SD2.x / SDXL."
+        "prompt's tokens from the model's cross- (or joint) and self-attention, and rescales the guidance per region so that "
+        "every object gets the guidance strength of the main subject. Needs cfg > 1. UNets (SD1.x / SD2.x / SDXL: "
+        "cross-attention) and DiTs (SD3 / SD3.5, Flux, Chroma, Qwen-Image, Lumina2, Z-Image, AuraFlow: joint "
+        "attention; Wan, Cosmos Predict2: cross-attention)."
     )
 
     @classmethod
-    def VALIDATE_INPUTS(cls, rate_min, rate_max, scale_cap, start, end):
+    def VALIDATE_INPUTS(cls, rate_min, rate_max, scale_cap, start, end, layers=None):
         values = dict(rate_min=rate_min, rate_max=rate_max, scale_cap=scale_cap, start=start, end=end)
-        return validation.verdict(cls, ordered_ranges, **values)
+        verdict = validation.verdict(cls, ordered_ranges, **values)
+        problem = layers_problem(layers)
+        if problem:
+            return problem if verdict is True else f"{verdict}; {problem}"
+        return verdict
 
-    def patch(self, model, layers, rate_min, rate_max, scale_cap, start, end, self_completion, completion, reference):
+    def patch(
+        self,
+        model,
+        layers,
+        rate_min,
+        rate_max,
+        scale_cap,
+        start,
+        end,
+        self_completion,
+        completion,
+        reference,
+        reference_token="auto",
+    ):
         values = dict(rate_min=rate_min, rate_max=rate_max, scale_cap=scale_cap, start=start, end=end)
         validation.require_valid(SCFG, ordered_ranges, **values)
-        chosen = select_layers(attention_layers(unet_of(model)), layers)
-        term = scfg.scfg_term(
-            CAPTURE_KEY,
-            start,
-            end,
-            DEFAULT_SOURCE,
-            rate_min=rate_min,
-            rate_max=rate_max,
-            scale_cap=scale_cap,
-            reference=reference,
-        )
+        problem = layers_problem(layers)
+        if problem:
+            raise ValueError(problem)
+        options = dict(rate_min=rate_min, rate_max=rate_max, scale_cap=scale_cap, reference=reference)
+        term = scfg.scfg_term(CAPTURE_KEY, start, end, DEFAULT_SOURCE, **options)
+        if is_unet(model):
+            start_token = scfg_dit.reference_from_start_token(True, reference_token)
+            chosen = select_layers(attention_layers(unet_of(model)), unet_layer_choice(layers))
+            patched = add_guidance_term(model, term)
+            patch_capture(patched, chosen, completion, self_completion, start_token)
+            return (patched,)
+        layout = scfg_dit.dit_layout(model)
+        blocks = scfg_dit.choose_blocks(model, layout, layers)
+        start_token = scfg_dit.reference_from_start_token(layout.start_token, reference_token)
+        chosen_by = f" ({layout.why})" if layers.strip().lower().startswith("auto") else ""
+        log.info("DNP Guidance: S-CFG reads %s blocks %s%s", layout.family, ", ".join(map(str, blocks)), chosen_by)
+        term = dataclasses.replace(term, params={**term.params, "check_latent": scfg_dit.check_latent})
         patched = add_guidance_term(model, term)
-        patch_capture(patched, chosen, completion, self_completion)
+        scfg_dit.patch_capture(patched, layout, blocks, completion, self_completion, start_token)
         return (patched,)
 
 
-def token_labels(clip, prompt: str) -> dict:
-    """Token position -> text for the legend (position 0 is the start token)."""
-    labels = {0: "<start>"}
-    tokenizer = clip_tokenizer(clip) if clip is not None else None
-    if tokenizer is None or not prompt.strip():
-        return labels
-    words = tokenizer.tokenizer.tokenize(prompt)
-    labels.update({i + 1: word.replace("</w>", "") for i, word in enumerate(words)})
-    labels.update({i: "<end>" for i in range(len(words) + 1, tokenizer.max_length)})  # end token pads the rest
-    return labels
+LAYERS_HELP = (
+    "use 'auto', one of "
+    + ", ".join(repr(choice) for choice in LAYER_CHOICES if choice != "auto (1/4 + 1/8)")
+    + " (UNet map sizes), or DiT block indices such as '8, 9, 10' or '8-11'."
+)
+
+
+def unet_layer_choice(layers: str) -> str:
+    """The LAYER_CHOICES key for a UNet `layers` text ('auto' is the official code's 1/4 + 1/8)."""
+    text = layers.strip()
+    if text.lower().startswith("auto"):
+        return "auto (1/4 + 1/8)"
+    if text in LAYER_CHOICES:
+        return text
+    sizes = ", ".join(repr(choice) for choice in LAYER_CHOICES if choice != "auto (1/4 + 1/8)")
+    raise ValueError(
+        f"S-CFG layers = {layers!r}: on a UNet choose the maps by size: 'auto' or one of {sizes}. Block indices "
+        "select DiT blocks."
+    )
+
+
+def layers_problem(layers) -> str:
+    """Why the `layers` text names no layers ('' if it does, or if it is linked: None)."""
+    if layers is None:
+        return ""
+    if not isinstance(layers, str):
+        return f"S-CFG: layers = {layers!r}: must be text"
+    text = layers.strip()
+    if text.lower().startswith("auto") or text in LAYER_CHOICES or scfg_dit.parse_blocks(text) is not None:
+        return ""
+    return f"S-CFG: layers = {layers!r}: {LAYERS_HELP}"
+
+
+def is_unet(model) -> bool:
+    return isinstance(model.get_model_object("diffusion_model"), UNetModel)
 
 
 class SCFGRegions:
@@ -404,9 +450,11 @@ class SCFGRegions:
         seen = {}
 
         def observe(state, uncond_maps, cond_maps, rate):
-            seen.update(cond=cond_maps, uncond=uncond_maps, rate=rate[0, 0], sigma=state.sigma[0])
+            seen.update(
+                cond=cond_maps, uncond=uncond_maps, rate=rate[0, 0].reshape(rate.shape[-2:]), sigma=state.sigma[0]
+            )
 
-        params = dict(stack.get("scfg").params)
+        params = {key: value for key, value in stack.get("scfg").params.items() if key != "check_latent"}
         observed = add_guidance_term(model, scfg.scfg_term(observer=observe, **params), replacing=True)
         last = min(step, steps - 1)
         comfy_nodes.common_ksampler(

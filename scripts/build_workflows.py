@@ -40,9 +40,19 @@ CHROMA_MODEL_LINKS = {
         "directory": "vae",
     },
 }
+# SD3.5 Medium as ComfyUI's own SD3.5 template (sd3.5_simple_example) loads SD3.5: one all-in-one
+# checkpoint in CheckpointLoaderSimple (here Comfy-Org's Medium one, from the same repository).
+SD35_CHECKPOINT = "sd3.5_medium_incl_clips_t5xxlfp8scaled.safetensors"
+SD35_MODEL_LINK = {
+    "name": SD35_CHECKPOINT,
+    "url": "https://huggingface.co/Comfy-Org/stable-diffusion-3.5-fp8/resolve/main/" + SD35_CHECKPOINT,
+    "directory": "checkpoints",
+}
 # KSampler settings of the SD1.5 graphs, and of the Chroma graph: true CFG around 4, the beta scheduler.
 SD15_SAMPLING = {"steps": 20, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal"}
 CHROMA_SAMPLING = {"steps": 26, "cfg": 4.0, "sampler_name": "euler", "scheduler": "beta"}
+# SD3.5 Medium: Stability's 40 steps at cfg 4.5, with the template's euler / sgm_uniform.
+SD35_SAMPLING = {"steps": 40, "cfg": 4.5, "sampler_name": "euler", "scheduler": "sgm_uniform"}
 
 
 def model_loader(graph: Graph, node_type: str, pos: tuple, widget: str, link: dict, **widgets):
@@ -57,9 +67,17 @@ def sd15_checkpoint(graph: Graph):
     return model_loader(graph, "CheckpointLoaderSimple", (20, 120), "ckpt_name", SD15_MODEL_LINK)
 
 
-def text_to_image_base(graph: Graph, positive: str, negative: str, width: int = 512, height: int = 512):
+def text_to_image_base(
+    graph: Graph,
+    positive: str,
+    negative: str,
+    width: int = 512,
+    height: int = 512,
+    checkpoint_link: dict = SD15_MODEL_LINK,
+    latent_type: str = "EmptyLatentImage",
+):
     """Checkpoint, the two prompts and an empty latent: the start of every shipped graph."""
-    checkpoint = sd15_checkpoint(graph)
+    checkpoint = model_loader(graph, "CheckpointLoaderSimple", (20, 120), "ckpt_name", checkpoint_link)
     pos = graph.add(
         "CLIPTextEncode",
         (380, 60),
@@ -76,7 +94,7 @@ def text_to_image_base(graph: Graph, positive: str, negative: str, width: int = 
         text=negative,
         clip=checkpoint.out("CLIP"),
     )
-    latent = graph.add("EmptyLatentImage", (380, 400), width=width, height=height, batch_size=1)
+    latent = graph.add(latent_type, (380, 400), width=width, height=height, batch_size=1)
     return checkpoint, pos, neg, latent
 
 
@@ -368,6 +386,33 @@ def dnp_auto_compare_chroma(object_info: dict) -> dict:
     return graph.to_json()
 
 
+def plain_and_scfg_branches(
+    graph: Graph, checkpoint, pos, neg, latent, patched, prompt: str, sampling: dict, prefix: tuple, step: int
+):
+    """Plain CFG and S-CFG (`patched`) at one seed and `sampling`, saved as prefix[0] and prefix[1], and
+    S-CFG Regions at `step` on the same inputs, previewed."""
+    for model, pos_xy, name, title in (
+        (checkpoint.out("MODEL"), (1180, 60), prefix[0], "KSampler (plain CFG)"),
+        (patched, (1180, 520), prefix[1], "KSampler (S-CFG)"),
+    ):
+        final_branch(graph, model, checkpoint.out("VAE"), pos.out(0), neg.out(0), latent, pos_xy, name, title, sampling)
+    regions = graph.add(
+        "DNPG_SCFGRegions",
+        (800, 820),
+        size=(340, 360),
+        model=patched,
+        positive=pos.out(0),
+        negative=neg.out(0),
+        latent_image=latent.out(0),
+        seed=42,
+        step=step,
+        clip=checkpoint.out("CLIP"),
+        prompt=prompt,
+        **sampling,
+    )
+    graph.add("PreviewImage", (1180, 980), title="S-CFG regions and rate", size=(560, 480), images=regions.out(0))
+
+
 def scfg_compare(object_info: dict) -> dict:
     graph = Graph(object_info)
     checkpoint, pos, neg, latent = text_to_image_base(graph, FOX, "blurry, low quality")
@@ -386,46 +431,9 @@ def scfg_compare(object_info: dict) -> dict:
         completion="code",
         reference="uncond",
     )
-    final_branch(
-        graph,
-        checkpoint.out("MODEL"),
-        checkpoint.out("VAE"),
-        pos.out(0),
-        neg.out(0),
-        latent,
-        (1180, 60),
-        "dnpg_plain_cfg",
-        "KSampler (plain CFG)",
+    plain_and_scfg_branches(
+        graph, checkpoint, pos, neg, latent, patched.out(0), FOX, SD15_SAMPLING, ("dnpg_plain_cfg", "dnpg_scfg"), 10
     )
-    final_branch(
-        graph,
-        patched.out(0),
-        checkpoint.out("VAE"),
-        pos.out(0),
-        neg.out(0),
-        latent,
-        (1180, 520),
-        "dnpg_scfg",
-        "KSampler (S-CFG)",
-    )
-    regions = graph.add(
-        "DNPG_SCFGRegions",
-        (800, 820),
-        size=(340, 360),
-        model=patched.out(0),
-        positive=pos.out(0),
-        negative=neg.out(0),
-        latent_image=latent.out(0),
-        seed=42,
-        steps=20,
-        cfg=7.0,
-        sampler_name="euler",
-        scheduler="normal",
-        step=10,
-        clip=checkpoint.out("CLIP"),
-        prompt=FOX,
-    )
-    graph.add("PreviewImage", (1180, 980), title="S-CFG regions and rate", size=(560, 480), images=regions.out(0))
     graph.add(
         "Note",
         (20, 320),
@@ -436,6 +444,49 @@ def scfg_compare(object_info: dict) -> dict:
         "of the main subject.\n\n"
         "S-CFG Regions shows the regions and the rate at one step (set 'step'); give it the KSampler's inputs "
         "and the prompt text for the legend. Needs cfg > 1; SD1.x, SD2.x, SDXL.",
+    )
+    return graph.to_json()
+
+
+FOX_AND_OWL = "a photo of a red fox and a snowy owl on a mossy log in a winter forest, detailed fur and feathers"
+
+
+def scfg_compare_sd35(object_info: dict) -> dict:
+    graph = Graph(object_info)
+    checkpoint, pos, neg, latent = text_to_image_base(
+        graph, FOX_AND_OWL, "", 1024, 1024, SD35_MODEL_LINK, "EmptySD3LatentImage"
+    )
+    graph.nodes[2]["title"] = "Negative prompt (empty)"
+    scheduled = graph.add(
+        "DNPG_CFGSchedule", (800, 60), size=(340, 300), model=checkpoint.out("MODEL"), kind="clamp-linear"
+    )
+    patched = graph.add("DNPG_SCFG", (800, 400), size=(340, 380), model=scheduled.out("MODEL"))
+    plain_and_scfg_branches(
+        graph,
+        checkpoint,
+        pos,
+        neg,
+        latent,
+        patched.out(0),
+        FOX_AND_OWL,
+        SD35_SAMPLING,
+        ("dnpg_sd35_plain", "dnpg_sd35_scfg"),
+        20,
+    )
+    graph.add(
+        "Note",
+        (20, 320),
+        size=(340, 420),
+        text="S-CFG (Shen et al., CVPR 2024) vs plain CFG on SD3.5 Medium, same seed\n\n"
+        "Top: plain CFG, as SD3.5 is usually run (cfg 4.5, 40 steps, euler / sgm_uniform, empty negative). "
+        "Bottom: the same sampler on CFG Schedule -> S-CFG. The schedule (clamp-linear) raises the scale over "
+        "the run from 2 to 2*cfg - 1 = 8, averaging about cfg; S-CFG then rescales the guidance per region "
+        "of the prompt's tokens, read from the MMDiT's attention between image and text, so the owl gets "
+        "about the guidance of the fox. Set the schedule's kind to 'static' to see S-CFG alone.\n\n"
+        "S-CFG Regions shows the regions and the rate at one step (set 'step'); give it the KSampler's inputs "
+        "and the prompt text for the legend.\n\n"
+        "File: sd3.5_medium_incl_clips_t5xxlfp8scaled.safetensors (all-in-one: MMDiT-X, CLIP-L, CLIP-G, "
+        "T5-XXL fp8, VAE) in models/checkpoints.",
     )
     return graph.to_json()
 
@@ -515,6 +566,7 @@ WORKFLOWS = {
     "dnp_auto_compare.json": dnp_auto_compare,
     "dnp_auto_compare_chroma.json": dnp_auto_compare_chroma,
     "scfg.json": scfg_compare,
+    "scfg_compare_sd35.json": scfg_compare_sd35,
     "loss_guidance.json": loss_guidance_compare,
 }
 

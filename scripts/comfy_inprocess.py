@@ -16,6 +16,13 @@ TINY_CHROMA = {
     ("CLIPLoader", "clip_name"): "dnpg_tiny_clip_l.safetensors",
     ("VAELoader", "vae_name"): "dnpg_tiny_flux_vae.safetensors",
 }
+# The tiny all-in-one SD3.5 Medium checkpoint (scripts/make_tiny_checkpoint.py --sd35-out).
+TINY_SD35 = {("CheckpointLoaderSimple", "ckpt_name"): "dnpg_tiny_sd35_medium.safetensors"}
+# The shipped workflows whose loaders take other tiny files than the SD1.5 checkpoint, by file name.
+TINY_MODELS_BY_WORKFLOW = {
+    "dnp_auto_compare_chroma.json": TINY_CHROMA,
+    "scfg_compare_sd35.json": TINY_SD35,
+}
 
 
 def comfy_dir() -> str:

@@ -1,5 +1,6 @@
-"""Build a tiny SD1.5-architecture checkpoint with seeded random weights (and, on request, the
-separate files of a tiny Chroma: diffusion model, text encoder, VAE).
+"""Build a tiny SD1.5-architecture checkpoint with seeded random weights (and, on request, a tiny
+all-in-one SD3.5-Medium-style checkpoint and the separate files of a tiny Chroma: diffusion model,
+text encoder, VAE).
 
 ComfyUI detects SD1.5 from model_channels=320 and context_dim=768, so the UNet keeps those and
 shrinks everything else (two levels, one res block, transformer depth 1). The text encoder is the
@@ -26,6 +27,7 @@ comfy.cli_args.args.cpu = True  # building weights needs no accelerator
 
 import comfy.model_detection  # noqa: E402
 import comfy.sd1_clip  # noqa: E402
+import comfy.supported_models  # noqa: E402
 import comfy.taesd.taesd  # noqa: E402
 import tiny_models  # noqa: E402
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel  # noqa: E402
@@ -110,9 +112,48 @@ def save_fp16(state: dict, path: str, what: str) -> None:
     print(f"wrote {path}: {sum(t.numel() for t in tensors.values()) / 1e6:.1f} M parameters")
 
 
-def write_sd3(path: str) -> None:
-    """A tiny SD3-architecture diffusion model for UNETLoader (models/diffusion_models/)."""
-    save_fp16(tiny_models.sd3().model.diffusion_model.state_dict(), path, "tiny random SD3 (MMDiT)")
+# SD3.5 Medium's MMDiT-X (RMS q/k norm; the extra image self-attention, which Medium has in its first 13
+# of 24 blocks, here in both) at the size of tiny_models.SD3_MMDIT, with the widths SD3's text encoder
+# gives: 4096-wide token embeddings (CLIP-L zero-padded when CLIP-G and T5 are absent) and a 2048-wide
+# pooled vector (CLIP-L's 768, zeros for CLIP-G's 1280).
+SD35_MEDIUM_MMDIT = dict(
+    tiny_models.SD3_MMDIT,
+    qk_norm="rms",
+    x_block_self_attn_layers=[0, 1],
+    adm_in_channels=2048,
+    context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 128}},
+)
+TAESD3_SCALE, TAESD3_SHIFT = 1.5305, 0.0609  # what ComfyUI's VAELoader gives its taesd3 (nodes.py, load_taesd)
+
+
+def taesd_16(generator: torch.Generator, scale: float, shift: float) -> dict:
+    """A random 16-channel TAESD's weights with its latent scale and shift."""
+    taesd = comfy.taesd.taesd.TAESD(latent_channels=16)
+    tiny_models.randomise_(taesd, generator)
+    return dict(taesd.state_dict(), vae_scale=torch.tensor(scale), vae_shift=torch.tensor(shift))
+
+
+def sd1_clip_l(checkpoint_state: dict) -> dict:
+    """The tiny SD1.5 checkpoint's CLIP-L, without its prefix."""
+    return {k[len(CLIP_PREFIX) :]: v for k, v in checkpoint_state.items() if k.startswith(CLIP_PREFIX)}
+
+
+def write_sd35_medium(path: str, seed: int, checkpoint_state: dict) -> None:
+    """A tiny all-in-one SD3.5-Medium-style checkpoint for CheckpointLoaderSimple, laid out as
+    Comfy-Org's sd3.5_medium_incl_clips_t5xxlfp8scaled.safetensors: the MMDiT-X under
+    `model.diffusion_model.`, the SD1.5 checkpoint's CLIP-L as SD3's `text_encoders.clip_l.` (the
+    loader builds SD3's text encoder with just CLIP-L when no CLIP-G or T5 keys are there) and a
+    16-channel TAESD under `first_stage_model.` (ComfyUI's VAE reads the latent channels from
+    taesd_decoder.1.weight)."""
+    generator = torch.Generator().manual_seed(seed)
+    network = tiny_models.patcher(comfy.supported_models.SD3(dict(SD35_MEDIUM_MMDIT)), generator).model
+    parts = (
+        ("model.diffusion_model.", network.diffusion_model.state_dict()),
+        ("text_encoders.clip_l.transformer.", sd1_clip_l(checkpoint_state)),
+        ("first_stage_model.", taesd_16(generator, TAESD3_SCALE, TAESD3_SHIFT)),
+    )
+    state = {prefix + key: tensor for prefix, part in parts for key, tensor in part.items()}
+    save_fp16(state, path, "tiny random SD3.5-Medium-style checkpoint (MMDiT-X, CLIP-L, 16-channel TAESD)")
 
 
 def write_chroma(models_dir: str, seed: int, checkpoint_state: dict) -> None:
@@ -127,29 +168,27 @@ def write_chroma(models_dir: str, seed: int, checkpoint_state: dict) -> None:
     model = chroma_config().get_model({})
     tiny_models.randomise_(model, generator)
     save_fp16(published_chroma_keys(model.diffusion_model), path("diffusion_models"), "tiny random Chroma")
-    clip = {k[len(CLIP_PREFIX) :]: v for k, v in checkpoint_state.items() if k.startswith(CLIP_PREFIX)}
-    save_fp16(clip, path("text_encoders"), "the tiny SD1.5 checkpoint's CLIP-L")
-    taesd = comfy.taesd.taesd.TAESD(latent_channels=16)
-    tiny_models.randomise_(taesd, generator)
-    vae = dict(taesd.state_dict(), vae_scale=torch.tensor(TAEF1_SCALE), vae_shift=torch.tensor(TAEF1_SHIFT))
-    save_fp16(vae, path("vae"), "tiny random 16-channel TAESD (Flux latents)")
+    save_fp16(sd1_clip_l(checkpoint_state), path("text_encoders"), "the tiny SD1.5 checkpoint's CLIP-L")
+    save_fp16(taesd_16(generator, TAEF1_SCALE, TAEF1_SHIFT), path("vae"), "tiny random 16-channel TAESD (Flux latents)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sd3-out", help="also write a tiny SD3 (MMDiT) diffusion model here (a non-UNet family)")
+    parser.add_argument(
+        "--sd35-out", help="also write a tiny all-in-one SD3.5-Medium-style checkpoint here (CheckpointLoaderSimple)"
+    )
     parser.add_argument(
         "--chroma-dir",
         help="also write the tiny Chroma set under this models folder: "
         + ", ".join(f"{folder}/{name}" for folder, name in CHROMA_FILES.items()),
     )
     args = parser.parse_args()
-    if args.sd3_out:
-        write_sd3(args.sd3_out)
     state = build_state_dict(args.seed)
     save_fp16(state, args.out, "tiny random SD1.5 test checkpoint")
+    if args.sd35_out:
+        write_sd35_medium(args.sd35_out, args.seed, state)
     if args.chroma_dir:
         write_chroma(args.chroma_dir, args.seed, state)
 

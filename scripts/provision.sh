@@ -132,19 +132,19 @@ YAML
 }
 
 build_tiny_checkpoint() {
-  # One recipe writes the SD1.5 checkpoint, the SD3 model and the Chroma set (whose CLIP-L is the
-  # checkpoint's): all are rebuilt when the recipe changes or one of them is missing.
+  # One recipe writes the SD1.5 checkpoint, the all-in-one SD3.5 Medium checkpoint and the Chroma set
+  # (both take the checkpoint's CLIP-L): all are rebuilt when the recipe changes or one of them is missing.
   local ckpt="$MODELS/checkpoints/dnpg_tiny_sd15.safetensors" recipe="$PACK_DIR/scripts/make_tiny_checkpoint.py"
-  local sd3="$MODELS/diffusion_models/dnpg_tiny_sd3.safetensors"
-  local outputs=("$ckpt" "$sd3" "$MODELS/diffusion_models/dnpg_tiny_chroma.safetensors"
+  local sd35="$MODELS/checkpoints/dnpg_tiny_sd35_medium.safetensors"
+  local outputs=("$ckpt" "$sd35" "$MODELS/diffusion_models/dnpg_tiny_chroma.safetensors"
     "$MODELS/text_encoders/dnpg_tiny_clip_l.safetensors" "$MODELS/vae/dnpg_tiny_flux_vae.safetensors")
   local want missing=0 file
   want="$(cat "$recipe" "$PACK_DIR/scripts/tiny_models.py" | sha256sum | cut -c1-16)"
   for file in "${outputs[@]}"; do [[ -f "$file" ]] || missing=1; done
   if ((missing)) || [[ "$(cat "$ckpt.recipe" 2>/dev/null)" != "$want" ]]; then
-    log "building the tiny random SD1.5 checkpoint at $ckpt, the tiny SD3 and the tiny Chroma set in $MODELS"
+    log "building the tiny random SD1.5 checkpoint at $ckpt, the tiny SD3.5 Medium and Chroma in $MODELS"
     (cd "$COMFY" && "$VENV/bin/python" "$recipe" --out "$ckpt" \
-      --sd3-out "$sd3" --chroma-dir "$MODELS" >&2)
+      --sd35-out "$sd35" --chroma-dir "$MODELS" >&2)
     echo "$want" >"$ckpt.recipe"
   fi
 }

@@ -303,6 +303,15 @@ def cosmos_predict2():
     return _family("cosmos_predict2", "CosmosT2IPredict2", _built(config, g), _conds(g, 48), latent)
 
 
+def pixart_sigma():
+    """PixArt-Sigma (a cross-attention DiT on SDXL latents, VP / EPS): a family S-CFG does not read."""
+    g = _generator("pixart_sigma")
+    unet = dict(image_model="pixart_sigma", depth=1, hidden_size=64, num_heads=2, patch_size=2, in_channels=4,
+                out_channels=8, caption_channels=32, pe_interpolation=1.0, micro_condition=False)  # fmt: skip
+    config = comfy.supported_models.PixArtSigma(unet)
+    return _family("pixart_sigma", "PixArtSigma", _built(config, g), _conds(g, 32), _latent(g, channels=4))
+
+
 FAMILIES = {
     "sd3": sd3,
     "sd35_medium": sd35_medium,

@@ -7,6 +7,12 @@ S0 = 7.0
 STEPS = 4
 
 
+def widget_defaults(node_cls) -> dict:
+    """The default of every widget input of a node (its INPUT_TYPES), as a user who changes nothing runs it."""
+    required = node_cls.INPUT_TYPES()["required"]
+    return {name: spec[1]["default"] for name, spec in required.items() if len(spec) > 1 and "default" in spec[1]}
+
+
 def latent(samples=None):
     return {"samples": torch.zeros(1, 4, SIZE, SIZE) if samples is None else samples}
 

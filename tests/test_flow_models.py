@@ -5,6 +5,7 @@ method over two chained passes."""
 
 import pytest
 import torch
+from comfy_api_helpers import widget_defaults
 
 from guidance.coordinates import FLOW, edm_sigma
 from guidance.schedules import cfg_scale
@@ -306,11 +307,14 @@ def chained(comfy, tiny, model, positive, negative, latent, split):
 
 
 @pytest.mark.parametrize("name", ["sd3", "flux_dev"])
-def test_schedule_dns_and_loss_guidance_compose_over_two_chained_passes(comfy, dits, name):
+def test_schedule_scfg_dns_and_loss_guidance_compose_over_two_chained_passes(comfy, dits, name):
     tiny = family(dits, name)
-    stacked = guide(comfy, dns(comfy, schedule(comfy, tiny.patcher, "cosine"), 2.0), colour_loss(comfy), scale=0.003)
+    with_scfg = comfy.pack.nodes.scfg.SCFG().patch(
+        schedule(comfy, tiny.patcher, "cosine"), **widget_defaults(comfy.pack.nodes.scfg.SCFG)
+    )[0]
+    stacked = guide(comfy, dns(comfy, with_scfg, 2.0), colour_loss(comfy), scale=0.003)
     stack = comfy.pack.nodes.patching.guidance_stack(stacked)
-    assert {"cfg_schedule", "dns", "dns_scale", "loss guidance"} <= set(stack.names())
+    assert {"cfg_schedule", "scfg", "dns", "dns_scale", "loss guidance"} <= set(stack.names())
     batch = {"samples": tiny.latent.repeat(2, *([1] * (tiny.latent.ndim - 1)))}
     assert batch["samples"].shape[-1] != batch["samples"].shape[-2]  # non-square
     positive, negative = tiny.positive, tiny.negative

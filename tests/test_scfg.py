@@ -8,6 +8,7 @@ import torch
 
 from guidance.scfg import (
     complete,
+    completed,
     head_averaged_probs,
     process_layer,
     rate_from_maps,
@@ -217,3 +218,42 @@ def test_bad_options_are_refused():
         complete(torch.eye(2)[None], "fancy")
     with pytest.raises(ValueError, match="valid: uncond, cond"):
         rate_from_maps(torch.ones(1, 4, 2, 2), torch.ones(1, T, 2, 2), torch.ones(1, T, 2, 2), 7.0, reference="both")
+
+
+def test_whole_image_reference_uses_the_mean_over_the_image():
+    """start_token=False (text without a start token): the reference is the whole image, mean |delta| =
+    0.75; 'fox' (left, |delta| 1) gets 0.75, clamped to 0.8; 'snow' (right, 0.5) gets 1.5."""
+    rate = scfg_rate(
+        delta_with_norms(1.0, 0.5), [(two_region_maps(), None)], 7.0, self_completion=False, start_token=False
+    )
+    painted = np.full((8, 12), 0.8)
+    painted[:, 6:] = 1.5
+    np.testing.assert_allclose(rate[0, 0].numpy(), reference_smooth(painted), rtol=1e-5)
+
+
+def test_padding_tokens_own_no_region_and_leave_the_reference_sum():
+    cross = two_region_maps()[1]  # (1, 4, 6, T)
+    cross[..., 2] = 5.0  # a padding token that every pixel attends most
+    valid = torch.tensor([[True, True, False, True]])
+    tokens, fore = process_layer(cross, valid=valid)
+    kept_tokens, kept_fore = process_layer(cross[..., [0, 1, 3]])
+    assert torch.all(tokens[:, 2] == -1) and not region_masks(tokens)[:, 2].any()
+    torch.testing.assert_close(tokens[:, [0, 1, 3]], kept_tokens)
+    torch.testing.assert_close(fore, kept_fore)
+
+
+def test_single_frame_video_deltas_get_a_rate_of_their_shape():
+    maps = [(two_region_maps(), None)]
+    flat = scfg_rate(delta_with_norms(1.0, 0.5), maps, 7.0, self_completion=False)
+    video = scfg_rate(delta_with_norms(1.0, 0.5).unsqueeze(2), maps, 7.0, self_completion=False)
+    assert video.shape == (1, 1, 1, 8, 12)
+    torch.testing.assert_close(video[:, :, 0], flat)
+    with pytest.raises(ValueError, match="single-frame"):
+        scfg_rate(delta_with_norms(1.0, 0.5).unsqueeze(2).expand(1, 4, 3, 8, 12), maps, 7.0, self_completion=False)
+
+
+@pytest.mark.parametrize("completion", ["code", "paper"])
+def test_completion_applied_by_products_equals_the_matrix(completion):
+    s = torch.rand(2, 12, 12).softmax(-1)
+    maps = torch.rand(2, 12, T)
+    torch.testing.assert_close(completed(s, maps, completion), complete(s, completion) @ maps)

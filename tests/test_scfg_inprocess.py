@@ -5,21 +5,11 @@ import pytest
 import torch
 
 S0 = 7.0
-DEFAULTS = dict(
-    layers="auto (1/4 + 1/8)",
-    rate_min=0.8,
-    rate_max=3.0,
-    scale_cap=15.0,
-    start=0.0,
-    end=1.0,
-    self_completion=True,
-    completion="code",
-    reference="uncond",
-)
 
 
 def scfg(comfy, model, **changes):
-    return comfy.pack.nodes.scfg.SCFG().patch(model, **{**DEFAULTS, **changes})[0]
+    node = comfy.pack.nodes.scfg.SCFG
+    return node().patch(model, **{**helpers.widget_defaults(node), **changes})[0]
 
 
 def separate_passes(model):
@@ -148,11 +138,11 @@ def test_sd2_v_prediction_unet_samples_with_scfg(comfy):
     assert helpers.same_sample(sample(scfg(comfy, model, rate_min=1.0, rate_max=1.0)), plain)
 
 
-def test_non_unet_model_is_refused_naming_the_supported_families(comfy):
-    import tiny_models
+def test_a_family_scfg_cannot_read_is_refused_naming_the_supported_ones(comfy):
+    import tiny_dits
 
-    with pytest.raises(ValueError, match="SD1.x, SD2.x, SDXL"):
-        scfg(comfy, tiny_models.sd3())
+    with pytest.raises(ValueError, match=r"UNets \(SD1.x, SD2.x, SDXL\) and of these DiTs: SD3 / SD3.5, Flux.*PixArt"):
+        scfg(comfy, tiny_dits.pixart_sigma().patcher)
 
 
 def test_validate_inputs(comfy):

@@ -9,7 +9,7 @@ import os
 import pytest
 from build_workflows import WORKFLOWS, build_all
 from comfy_client import ComfyError, adapt_prompt, output_node_ids, ui_to_api
-from comfy_inprocess import TINY_CHROMA
+from comfy_inprocess import TINY_MODELS_BY_WORKFLOW
 from conftest import PACK_DIR, TINY_CHECKPOINT
 from PIL import Image
 
@@ -24,6 +24,7 @@ QUICK = {
     "guidance_clip": "dnpg-tiny-clip",
 }
 CHROMA_WORKFLOW = os.path.join(PACK_DIR, "workflows", "dnp_auto_compare_chroma.json")
+SD35_WORKFLOW = os.path.join(PACK_DIR, "workflows", "scfg_compare_sd35.json")
 
 
 def load_workflow(path):
@@ -32,10 +33,11 @@ def load_workflow(path):
 
 
 def quick_prompt(server, path):
-    """The shipped graph on the tiny models (the Chroma loaders on the tiny Chroma set), small and short."""
+    """The shipped graph on the tiny models (the Chroma and SD3.5 graphs' loaders on their own tiny
+    files), small and short."""
     prompt = adapt_prompt(ui_to_api(load_workflow(path), server.object_info), server.object_info, **QUICK)
     for node in prompt.values():
-        for (class_type, widget), name in TINY_CHROMA.items():
+        for (class_type, widget), name in TINY_MODELS_BY_WORKFLOW.get(os.path.basename(path), {}).items():
             if node["class_type"] == class_type:
                 node["inputs"][widget] = name
     return prompt
@@ -159,6 +161,37 @@ def test_chroma_comparison_saves_a_dnp_image_that_differs_from_the_plain_one(ser
     assert dnp != saved_pixels(server, prompt, entry, "dnpg_chroma_plain")
 
 
+def test_sd35_comparison_saves_an_scfg_image_that_differs_from_the_plain_one_and_previews_the_regions(
+    server, shipped_run
+):
+    prompt, entry = shipped_run(SD35_WORKFLOW)
+    scfg = saved_pixels(server, prompt, entry, "dnpg_sd35_scfg")
+    assert scfg != saved_pixels(server, prompt, entry, "dnpg_sd35_plain")
+    regions_id = node_id_of_type(prompt, "DNPG_SCFGRegions")
+    preview_id = next(
+        key
+        for key, node in prompt.items()
+        if node["class_type"] == "PreviewImage" and node["inputs"]["images"] == [regions_id, 0]
+    )
+    (figure,) = entry["outputs"][preview_id]["images"]
+    with Image.open(io.BytesIO(server.image_bytes(figure))) as image:
+        assert image.getextrema() != ((0, 0), (0, 0), (0, 0))  # drawn, not blank
+
+
+def test_sd35_scfg_changes_the_image_beyond_its_cfg_schedule(server, shipped_run):
+    prompt, entry = shipped_run(SD35_WORKFLOW)
+    schedule_only = copy.deepcopy(prompt)
+    scfg_id = node_id_of_type(prompt, "DNPG_SCFG")
+    sampler = next(
+        node
+        for node in schedule_only.values()
+        if node["class_type"] == "KSampler" and node["inputs"]["model"] == [scfg_id, 0]
+    )
+    sampler["inputs"]["model"] = prompt[scfg_id]["inputs"]["model"]
+    without_scfg = saved_pixels(server, schedule_only, server.run(schedule_only), "dnpg_sd35_scfg")
+    assert without_scfg != saved_pixels(server, prompt, entry, "dnpg_sd35_scfg")
+
+
 def test_schedule_plot_is_previewed(server):
     entry = server.run(schedule_prompt(server))
     previews = [image for _, image in server.output_images(entry) if image["type"] == "temp"]
@@ -212,17 +245,21 @@ def scfg_prompt(server):
     return quick_prompt(server, os.path.join(PACK_DIR, "workflows", "scfg.json"))
 
 
-def test_scfg_on_a_non_unet_model_is_a_clear_error_and_the_server_goes_on(server):
-    prompt = scfg_prompt(server)
-    prompt["900"] = {
-        "class_type": "UNETLoader",
-        "inputs": {"unet_name": "dnpg_tiny_sd3.safetensors", "weight_dtype": "default"},
-    }
-    node_of_type(prompt, "DNPG_SCFG")["inputs"]["model"] = ["900", 0]
+def test_scfg_layers_of_the_wrong_kind_on_a_dit_are_a_clear_error_and_the_server_goes_on(server):
+    prompt = quick_prompt(server, SD35_WORKFLOW)
+    node_of_type(prompt, "DNPG_SCFG")["inputs"]["layers"] = "1/4"  # a UNet map size, on SD3.5
     with pytest.raises(ComfyError) as error:
         server.run(prompt)
-    assert "SD1.x, SD2.x, SDXL" in json.dumps(error.value.details)
-    assert server.output_images(server.run(scfg_prompt(server)))
+    assert "map sizes such as '1/4' select UNet layers" in json.dumps(error.value.details)
+    assert server.output_images(server.run(quick_prompt(server, SD35_WORKFLOW)))
+
+
+def test_scfg_layers_that_name_nothing_are_refused_before_running(server):
+    prompt = scfg_prompt(server)
+    node_of_type(prompt, "DNPG_SCFG")["inputs"]["layers"] = "middle"
+    with pytest.raises(ComfyError) as error:
+        server.queue(prompt)
+    assert "layers = 'middle'" in json.dumps(error.value.details["node_errors"])
 
 
 def test_scfg_at_cfg_one_says_it_needs_the_uncond_pass(server):
