@@ -69,7 +69,10 @@ def test_maps_are_read_at_block_centres_with_keys_summed_per_block(grid, factor,
     assert pool_factor(grid) == factor and attention_maps.pooled_grid(grid) == pooled
     centres = block_centres(grid, factor)
     h, w = grid
-    assert centres[0].item() == (factor // 2) * w + factor // 2 and centres[pooled[1] - 1].item() == (factor // 2) * w + w - 1
+    assert (
+        centres[0].item() == (factor // 2) * w + factor // 2
+        and centres[pooled[1] - 1].item() == (factor // 2) * w + w - 1
+    )
     n = h * w
     q, k = random_qk(1, 5 + n, dim=4, seed=1)
     cross, self_maps = probabilities(q, k, HEADS, (5, grid), (0, 5), True, True)
