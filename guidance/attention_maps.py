@@ -46,10 +46,15 @@ def as_heads(t: torch.Tensor, heads: int, skip_reshape: bool) -> torch.Tensor:
     return t.view(b, length, heads, dim // heads).transpose(1, 2)
 
 
+def reduced(grid: tuple, factor: int) -> tuple:
+    """The grid of f x f blocks over (h, w): (ceil(h / f), ceil(w / f))."""
+    return -(-grid[0] // factor), -(-grid[1] // factor)
+
+
 def pool_factor(grid: tuple, max_tokens: int = MAX_TOKENS, least: int = TOKEN_GRID_FACTOR) -> int:
     """The smallest power of two f >= least with ceil(h / f) * ceil(w / f) <= max_tokens."""
     factor = least
-    while -(-grid[0] // factor) * -(-grid[1] // factor) > max_tokens:
+    while reduced(grid, factor)[0] * reduced(grid, factor)[1] > max_tokens:
         factor *= 2
     return factor
 
@@ -59,7 +64,7 @@ def block_sum(maps: torch.Tensor, factor: int) -> torch.Tensor:
     if factor == 1:
         return maps
     *lead, h, w = maps.shape
-    hp, wp = -(-h // factor), -(-w // factor)
+    hp, wp = reduced((h, w), factor)
     padded = F.pad(maps, (0, wp * factor - w, 0, hp * factor - h))
     return padded.reshape(*lead, hp, factor, wp, factor).sum(dim=(-3, -1))
 
@@ -105,9 +110,9 @@ def _mask_rows(mask, head: int, rows: torch.Tensor, query_length: int):
 
 def block_centres(grid: tuple, factor: int) -> torch.Tensor:
     """Token indices (grid order) of the centre pixel of each f x f block, clipped at the edges."""
-    h, w = grid
-    ys = (torch.arange(-(-h // factor)) * factor + factor // 2).clamp(max=h - 1)
-    xs = (torch.arange(-(-w // factor)) * factor + factor // 2).clamp(max=w - 1)
+    (h, w), (hp, wp) = grid, reduced(grid, factor)
+    ys = (torch.arange(hp) * factor + factor // 2).clamp(max=h - 1)
+    xs = (torch.arange(wp) * factor + factor // 2).clamp(max=w - 1)
     return (ys[:, None] * w + xs[None, :]).flatten()
 
 
@@ -132,7 +137,7 @@ def probabilities(
     rows_read = start + block_centres(grid, factor)
     rows_read = rows_read.to(qh.device)
     n = rows_read.shape[0]
-    pooled = (-(-grid[0] // factor), -(-grid[1] // factor))
+    pooled = reduced(grid, factor)
     additive = _additive_mask(mask, torch.float32)
     if additive is not None and additive.shape[-1] != keys:
         additive = None
@@ -167,5 +172,4 @@ def _renormalised(maps):
 
 def pooled_grid(grid: tuple) -> tuple:
     """The (h, w) of the maps `probabilities` returns for an image token grid."""
-    factor = pool_factor(grid)
-    return -(-grid[0] // factor), -(-grid[1] // factor)
+    return reduced(grid, pool_factor(grid))

@@ -61,20 +61,10 @@ def smooth(maps: torch.Tensor) -> torch.Tensor:
     return F.conv2d(F.pad(maps, (1, 1, 1, 1), mode=mode), kernel, groups=k)
 
 
-def complete(self_attn: torch.Tensor, completion: str = "code") -> torch.Tensor:
-    """The completion matrix A from self-attention S (N, hw, hw)."""
-    if completion not in COMPLETIONS:
-        raise ValueError(f"unknown completion {completion!r}; valid: {', '.join(COMPLETIONS)}")
-    s2 = self_attn @ self_attn
-    if completion == "code":
-        return (self_attn + 3 * s2) / 4
-    s3 = s2 @ self_attn
-    return (self_attn + s2 + s3 + s3 @ self_attn) / 4
-
-
 def completed(self_attn: torch.Tensor, maps: torch.Tensor, completion: str = "code") -> torch.Tensor:
-    """A C for the completion matrix A of S (N, hw, hw) and maps C (N, hw, T), as products of S with C
-    (S C, S (S C), ...): the same as complete(S) @ C, without the (hw)^3 matrix products."""
+    """A C for the completion matrix A of S (N, hw, hw) and maps C (N, hw, T): A = (S + 3 S^2) / 4
+    ("code") or (S + S^2 + S^3 + S^4) / 4 ("paper"), applied as products of S with C (S C, S (S C),
+    ...), without the (hw)^3 matrix products."""
     if completion not in COMPLETIONS:
         raise ValueError(f"unknown completion {completion!r}; valid: {', '.join(COMPLETIONS)}")
     powers = [self_attn @ maps]

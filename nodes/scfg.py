@@ -332,7 +332,7 @@ class SCFG:
         layout = scfg_dit.dit_layout(model)
         blocks = scfg_dit.choose_blocks(model, layout, layers)
         start_token = scfg_dit.reference_from_start_token(layout.start_token, reference_token)
-        chosen_by = f" ({layout.why})" if layers.strip().lower().startswith("auto") else ""
+        chosen_by = f" ({layout.why})" if scfg_dit.is_auto(layers) else ""
         log.info("DNP Guidance: S-CFG reads %s blocks %s%s", layout.family, ", ".join(map(str, blocks)), chosen_by)
         term = dataclasses.replace(term, params={**term.params, "check_latent": scfg_dit.check_latent})
         patched = add_guidance_term(model, term)
@@ -350,7 +350,7 @@ LAYERS_HELP = (
 def unet_layer_choice(layers: str) -> str:
     """The LAYER_CHOICES key for a UNet `layers` text ('auto' is the official code's 1/4 + 1/8)."""
     text = layers.strip()
-    if text.lower().startswith("auto"):
+    if scfg_dit.is_auto(text):
         return "auto (1/4 + 1/8)"
     if text in LAYER_CHOICES:
         return text
@@ -368,7 +368,7 @@ def layers_problem(layers) -> str:
     if not isinstance(layers, str):
         return f"S-CFG: layers = {layers!r}: must be text"
     text = layers.strip()
-    if text.lower().startswith("auto") or text in LAYER_CHOICES or scfg_dit.parse_blocks(text) is not None:
+    if scfg_dit.is_auto(text) or text in LAYER_CHOICES or scfg_dit.parse_blocks(text) is not None:
         return ""
     return f"S-CFG: layers = {layers!r}: {LAYERS_HELP}"
 

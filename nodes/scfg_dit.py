@@ -112,6 +112,11 @@ def dit_layout(model) -> DitLayout:
     )
 
 
+def is_auto(layers: str) -> bool:
+    """The `layers` text asks for the defaults ('auto', or the UNet's old 'auto (1/4 + 1/8)')."""
+    return layers.strip().lower().startswith("auto")
+
+
 def parse_blocks(spec: str) -> Optional[tuple]:
     """Block indices from '8, 9, 10' or '8-11' (or a mix); None when spec is not an index list."""
     parts = [part.strip() for part in spec.split(",") if part.strip()]
@@ -128,10 +133,9 @@ def choose_blocks(model, layout: DitLayout, spec: str) -> tuple:
     """The blocks S-CFG reads on a DiT for the `layers` text."""
     diffusion_model = model.get_model_object("diffusion_model")
     total = layout.calls(diffusion_model)
-    text = spec.strip().lower()
-    if text.startswith("auto"):
+    if is_auto(spec):
         return layout.default_blocks(diffusion_model)
-    if text == "all":
+    if spec.strip().lower() == "all":
         return tuple(range(total))
     blocks = parse_blocks(spec)
     if blocks is None:

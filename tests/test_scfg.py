@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from guidance.scfg import (
-    complete,
     completed,
     head_averaged_probs,
     process_layer,
@@ -155,12 +154,17 @@ def test_batch_entries_are_independent():
     assert torch.allclose(rate[1], torch.ones_like(rate[1]), atol=1e-6)
 
 
-def test_completion_code_and_paper():
-    s = torch.rand(1, 5, 5).softmax(-1)
-    assert torch.allclose(complete(s, "code"), (s + 3 * s @ s) / 4)
-    assert torch.allclose(complete(s, "paper"), (s + s @ s + s @ s @ s + s @ s @ s @ s) / 4, atol=1e-6)
-    eye = torch.eye(5)[None]
-    assert torch.allclose(complete(eye, "code"), eye)
+def completion_matrix(s, completion):
+    """The completion matrix A written out: (S + 3 S^2) / 4 (released code) or (S + S^2 + S^3 + S^4) / 4."""
+    if completion == "code":
+        return (s + 3 * s @ s) / 4
+    return (s + s @ s + s @ s @ s + s @ s @ s @ s) / 4
+
+
+def test_completion_of_the_identity_leaves_the_maps():
+    maps = torch.rand(1, 5, T)
+    for completion in ("code", "paper"):
+        assert torch.allclose(completed(torch.eye(5)[None], maps, completion), maps)
 
 
 def test_processed_maps_have_unit_spatial_mean():
@@ -215,7 +219,7 @@ def test_head_averaged_probs_match_per_head_softmax():
 
 def test_bad_options_are_refused():
     with pytest.raises(ValueError, match="valid: code, paper"):
-        complete(torch.eye(2)[None], "fancy")
+        completed(torch.eye(2)[None], torch.ones(1, 2, 1), "fancy")
     with pytest.raises(ValueError, match="valid: uncond, cond"):
         rate_from_maps(torch.ones(1, 4, 2, 2), torch.ones(1, T, 2, 2), torch.ones(1, T, 2, 2), 7.0, reference="both")
 
@@ -256,4 +260,4 @@ def test_single_frame_video_deltas_get_a_rate_of_their_shape():
 def test_completion_applied_by_products_equals_the_matrix(completion):
     s = torch.rand(2, 12, 12).softmax(-1)
     maps = torch.rand(2, 12, T)
-    torch.testing.assert_close(completed(s, maps, completion), complete(s, completion) @ maps)
+    torch.testing.assert_close(completed(s, maps, completion), completion_matrix(s, completion) @ maps)
