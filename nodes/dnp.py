@@ -7,12 +7,14 @@ import nodes as comfy_nodes
 import torch
 
 from ..guidance import dnp
-from . import captioning, model_files, validation
+from . import captioning, conditioning_batch, model_files, validation
 from .dns import patch_dns
 from .inputs import cfg_input, sampler_input, scheduler_input, seed_input, steps_input
 
 log = logging.getLogger("dnp_guidance")
 CATEGORY = "DNP Guidance/DNP"
+PER_IMAGE, SHARED = "per image", "shared"
+NEGATIVE_MODES = (PER_IMAGE, SHARED)
 
 captioning.register_folder()
 
@@ -26,8 +28,10 @@ class CaptionerLoader:
                     captioning.captioner_choices(),
                     {
                         "tooltip": "A captioning model: folders in models/captioners/ (Hugging Face format, "
-                        "safetensors weights) and the known BLIP, BLIP-2 and LLaVA models, which are downloaded "
-                        "into models/captioners/ on first use when the machine is online.",
+                        "safetensors weights) and the known BLIP, BLIP-2, Florence-2, LLaVA, Qwen2.5-VL, Qwen3-VL and "
+                        "SmolVLM2 checkpoints, downloaded into models/captioners/<owner>/<name> on first use when the "
+                        "machine is online. Small and good for n*: Florence-2-base (0.5 GB), SmolVLM2-500M (1 GB); "
+                        "Qwen3-VL-2B (4.3 GB) for an 8 GB GPU.",
                     },
                 ),
                 "dtype": (
@@ -50,8 +54,10 @@ class CaptionerLoader:
     FUNCTION = "load"
     CATEGORY = CATEGORY
     DESCRIPTION = (
-        "Loads a captioner for auto-DNP: BLIP, BLIP-2 or LLaVA (1.5 / NeXT) through transformers' own classes, "
-        "safetensors only, no remote code. ComfyUI's model manager moves it to the GPU only while it captions."
+        "Loads a captioner for auto-DNP: BLIP, BLIP-2, Florence-2, LLaVA (1.5 / NeXT), Qwen2.5-VL, Qwen3-VL or "
+        "SmolVLM2 through transformers' own classes, safetensors only, no remote code. The folder is checked first "
+        "(weights, tokenizer, processor, transformers version) and what is missing is named. ComfyUI's model "
+        "manager moves it to the GPU only while it captions."
     )
 
     def load(self, captioner_name, dtype, keep_loaded):
@@ -70,7 +76,10 @@ class CaptionImage:
                     {
                         "default": captioning.DEFAULT_QUESTION,
                         "multiline": True,
-                        "tooltip": "What to ask BLIP-2 / LLaVA about the image. BLIP ignores it (it captions unprompted).",
+                        "tooltip": "Empty: each family's instruction for a short objects-and-attributes caption (a "
+                        "good n*). Chat models (LLaVA, Qwen-VL, SmolVLM2) and BLIP-2 take a question or instruction; "
+                        "Florence-2 takes a task token (<CAPTION>, <DETAILED_CAPTION>, <MORE_DETAILED_CAPTION>); "
+                        "BLIP ignores it.",
                     },
                 ),
                 "max_new_tokens": (
@@ -246,6 +255,24 @@ class AutoDNP:
                         "tooltip": "Side of the square DNS image (px); 0 = width x height. Smaller is cheaper.",
                     },
                 ),
+                "batch_size": (
+                    "INT",
+                    {
+                        "default": 1,
+                        "min": 1,
+                        "max": 64,
+                        "tooltip": "Batch size of your final generation: the DNS run draws as many images "
+                        "(image i from the noise of batch index i of this seed).",
+                    },
+                ),
+                "negatives": (
+                    list(NEGATIVE_MODES),
+                    {
+                        "default": PER_IMAGE,
+                        "tooltip": "per image: image i of the final batch gets the n* of DNS image i (one batched "
+                        "negative). shared: one n* from all the DNS captions, for every image.",
+                    },
+                ),
             }
         }
 
@@ -254,7 +281,7 @@ class AutoDNP:
     OUTPUT_TOOLTIPS = (
         "p encoded: the final KSampler's positive.",
         "n* (with your negative) encoded: the final KSampler's negative.",
-        "The text of n*.",
+        "The text of n* (one line per image with per-image negatives).",
         "The diffusion-negative sample the caption describes.",
     )
     FUNCTION = "run"
@@ -262,7 +289,8 @@ class AutoDNP:
     DESCRIPTION = (
         "Auto-DNP in one node: draws the diffusion-negative sample of your prompt (DNS), captions it, and returns "
         "the conditioning pair (p, n*) for your final KSampler. dns_steps / dns_size make the DNS run cheaper; "
-        "its cost relative to the final generation is shown on the node."
+        "its cost relative to the final generation is shown on the node. With batch_size > 1 each image of the "
+        "final batch can get the n* of its own DNS image (negatives = per image)."
     )
 
     @classmethod
@@ -287,24 +315,92 @@ class AutoDNP:
         height,
         dns_steps,
         dns_size,
+        batch_size=1,
+        negatives=PER_IMAGE,
     ):
         validation.require_valid(AutoDNP, cfg=cfg)
         if not prompt.strip():
             raise ValueError("Auto-DNP: the prompt is empty. DNS needs a prompt p to steer away from.")
         dns_steps = dns_steps or steps
         side_w, side_h = (dns_size, dns_size) if dns_size else (width, height)
-        latent = {"samples": torch.zeros(1, 4, side_h // 8, side_w // 8)}
+        latent = {"samples": torch.zeros(batch_size, 4, side_h // 8, side_w // 8)}
         positive, empty = encode(clip, prompt), encode(clip, "")
         dns_latent = comfy_nodes.common_ksampler(
             patch_dns(model, 0.0), seed, dns_steps, cfg, sampler_name, scheduler, positive, empty, latent
         )[0]
         dns_image = comfy_nodes.VAEDecode().decode(vae, dns_latent)[0]
-        caption = "; ".join(captioning.caption(captioner, dns_image))
-        text, report = negative_prompt(caption, user_negative, mode, clip)
+        captions = require_captions(captioning.caption(captioner, dns_image), captioner)
+        texts, negative, report = dnp_negatives(captions, user_negative, mode, clip, negatives)
         cost = dns_cost(steps, dns_steps, width, height, dns_size)
-        note = f"{report}\nDNS run: {dns_steps} steps at {side_w}x{side_h} = {cost:.0%} of the final generation's UNet work, plus one caption."
+        note = (
+            f"{report}\nDNS run: {batch_size} x {dns_steps} steps at {side_w}x{side_h} = {cost:.0%} of the final "
+            f"generation's UNet work, plus {len(captions)} caption(s)."
+        )
         log.info("DNP Guidance: %s", note.replace("\n", " | "))
-        return {"ui": {"text": [note]}, "result": (positive, encode(clip, text), text, dns_image)}
+        return {"ui": {"text": [note]}, "result": (positive, negative, "\n".join(texts), dns_image)}
+
+
+def require_captions(captions: list, captioner) -> list:
+    """Every DNS image got a caption with content: an empty n* would make Auto-DNP plain CFG silently."""
+    empty = [index for index, text in enumerate(captions) if not dnp.clean_caption(text).strip()]
+    if empty:
+        raise ValueError(
+            f"Auto-DNP: captioner '{captioner.name}' returned an empty caption for DNS image(s) {empty}, so n* "
+            "would be empty. Check the captioner's files (tokenizer) or try another captioner."
+        )
+    return captions
+
+
+def dnp_negatives(captions: list, user_negative: str, mode: str, clip, negatives: str) -> tuple:
+    """(n* texts, negative CONDITIONING, report): one n* per DNS image stacked into a batch, or one shared."""
+    if negatives == PER_IMAGE and len(captions) > 1:
+        built = [negative_prompt(text, user_negative, mode, clip) for text in captions]
+        texts = [text for text, _ in built]
+        try:
+            negative = conditioning_batch.stack_conditionings([encode(clip, text) for text in texts])
+            return texts, negative, "\n".join(f"image {i}: {line}" for i, (_, line) in enumerate(built))
+        except conditioning_batch.CannotStack as why:
+            log.warning("DNP Guidance: per-image negatives cannot be batched (%s); using one shared n*.", why)
+            fallback = f"per-image negatives could not be batched ({why}): one shared n* instead\n"
+    else:
+        fallback = ""
+    text, report = negative_prompt("; ".join(captions), user_negative, mode, clip)
+    return [text], encode(clip, text), fallback + report
+
+
+class PerImageConditioning:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "conditioning": (
+                    "CONDITIONING",
+                    {
+                        "tooltip": "A list of conditionings, one per image (e.g. CLIP Text Encode run on the "
+                        "per-image n* list from Caption Image -> DNP Negative Prompt).",
+                    },
+                ),
+            }
+        }
+
+    INPUT_IS_LIST = True
+    RETURN_TYPES = ("CONDITIONING",)
+    OUTPUT_TOOLTIPS = (
+        "One conditioning whose batch index i is list item i: connect it to a KSampler of that batch size.",
+    )
+    FUNCTION = "stack"
+    CATEGORY = CATEGORY
+    DESCRIPTION = (
+        "Stacks a list of conditionings into one batched conditioning, so image i of a batch is sampled with item i "
+        "(per-image negatives n*). Token lengths that differ are repeated to a common length, as ComfyUI does when it "
+        "batches conditionings."
+    )
+
+    def stack(self, conditioning):
+        try:
+            return (conditioning_batch.stack_conditionings(conditioning),)
+        except conditioning_batch.CannotStack as why:
+            raise ValueError(f"Per-Image Conditioning: the conditionings cannot be batched: {why}.") from why
 
 
 NODE_CLASS_MAPPINGS = {
@@ -312,10 +408,12 @@ NODE_CLASS_MAPPINGS = {
     "DNPG_CaptionImage": CaptionImage,
     "DNPG_DNPNegativePrompt": DNPNegativePrompt,
     "DNPG_AutoDNP": AutoDNP,
+    "DNPG_PerImageConditioning": PerImageConditioning,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "DNPG_CaptionerLoader": "Captioner Loader",
     "DNPG_CaptionImage": "Caption Image",
     "DNPG_DNPNegativePrompt": "DNP Negative Prompt",
     "DNPG_AutoDNP": "Auto-DNP",
+    "DNPG_PerImageConditioning": "Per-Image Conditioning",
 }

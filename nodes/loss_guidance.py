@@ -2,7 +2,6 @@
 and guidance/losses.py; this module is the glue: inputs, model loading, decoding, the patch."""
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass
 
@@ -22,7 +21,7 @@ from ..guidance.loss_guidance import (
     trackable,
 )
 from ..guidance.progress import DEFAULT_SOURCE, SOURCES
-from . import model_files, validation
+from . import model_checks, model_files, taesd, validation
 from .differentiable import call_differentiably
 from .families import config_name, model_family
 from .patching import add_guidance_term
@@ -34,7 +33,7 @@ CLIP_FOLDER = "clip_guidance"
 KNOWN_CLIPS = ("openai/clip-vit-base-patch32", "openai/clip-vit-base-patch16", "openai/clip-vit-large-patch14")
 CLIP_FILES = "config.json, model.safetensors, tokenizer.json (or vocab.json and merges.txt), preprocessor_config.json"
 OPENAI_MEAN, OPENAI_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-VAE_DECODER, PREVIEW_DECODER = "vae", "latent preview"
+VAE_DECODER, TAESD_DECODER, PREVIEW_DECODER = "vae", "taesd", "latent preview"
 ADDITIONAL_MODELS_KEY = "dnp_guidance_losses"
 LATENT_RATIO = 8  # pixels per latent cell in the SD1.x / SD2.x / SDXL VAEs
 
@@ -65,8 +64,7 @@ def _preprocessor_stats(path: str) -> tuple:
     config_path = os.path.join(path, "preprocessor_config.json")
     if not os.path.isfile(config_path):
         return OPENAI_MEAN, OPENAI_STD
-    with open(config_path) as handle:
-        config = json.load(handle)
+    config = model_checks.read_json(config_path, "Guidance CLIP")
     return tuple(config.get("image_mean", OPENAI_MEAN)), tuple(config.get("image_std", OPENAI_STD))
 
 
@@ -74,11 +72,13 @@ def load_guidance_clip(name: str, dtype: str = "auto") -> GuidanceClip:
     import transformers
 
     path = model_files.resolve(CLIP_FOLDER, name, CLIP_FILES)
-    with open(os.path.join(path, "config.json")) as handle:
-        family = json.load(handle).get("model_type", "")
+    what = f"Guidance CLIP '{name}'"
+    model_checks.check_json_files(path, what)
+    family = model_checks.read_json(os.path.join(path, "config.json"), what).get("model_type", "")
     if family != "clip":
-        raise ValueError(f"Guidance CLIP '{name}' at {path} is a '{family}' model; the loader needs a CLIP model.")
+        raise ValueError(f"{what} at {path} is a '{family}' model; the loader needs a CLIP model.")
     model_files.require_safetensors(path, name)
+    model_checks.require_complete(path, what, model_checks.hub_page(name), needs_image_processor=False)
     load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
     torch_dtype = model_files.pick_dtype(dtype, load_device)
     try:
@@ -92,6 +92,7 @@ def load_guidance_clip(name: str, dtype: str = "auto") -> GuidanceClip:
             f"Guidance CLIP '{name}': could not load the files in {path} ({type(error).__name__}: {error}). "
             "Delete that folder and download the model again."
         ) from error
+    model_checks.require_distinct_tokens(tokenizer, what, path)
     model = model.eval().requires_grad_(False)
     patcher = comfy.model_patcher.ModelPatcher(
         model_files.ManagedModule(model.to(offload_device)), load_device=load_device, offload_device=offload_device
@@ -557,13 +558,29 @@ def preview_decoder(model):
     return decode
 
 
+def _needs_image(losses: tuple) -> bool:
+    return any(loss.space == loss_maths.IMAGE for loss in losses)
+
+
 def _check_decoder(losses: tuple, decoder: str, vae) -> None:
-    needs_image = any(loss.space == loss_maths.IMAGE for loss in losses)
-    if needs_image and decoder == VAE_DECODER and vae is None:
+    if _needs_image(losses) and decoder == VAE_DECODER and vae is None:
         raise ValueError(
             "Loss Guidance: image losses with decoder = vae need the vae input. Connect the checkpoint's VAE, or "
-            "choose decoder = latent preview (fast, approximate colours)."
+            "choose decoder = taesd (ComfyUI's tiny preview decoder) or latent preview (fast, approximate colours)."
         )
+
+
+def image_decoder(model, losses: tuple, decoder: str, vae) -> tuple:
+    """The x0 -> RGB function the image losses see, and the models it needs loaded with the MODEL."""
+    _check_decoder(losses, decoder, vae)
+    if decoder == VAE_DECODER:
+        return vae_decoder(model, vae), [vae.patcher] if vae is not None else []
+    if decoder == TAESD_DECODER:
+        if not _needs_image(losses):
+            return None, []  # latent losses only: nothing is decoded, no file is needed
+        patcher = taesd.load_decoder(model)
+        return taesd.taesd_decoder(patcher), [patcher]
+    return preview_decoder(model), []
 
 
 def _describe(losses: tuple, config: LossGuidanceConfig) -> str:
@@ -577,8 +594,7 @@ def patch_loss_guidance(model, losses: tuple, config: LossGuidanceConfig, decode
         raise ValueError("Loss Guidance: losses is empty. Connect a loss node (e.g. CLIP Text Loss).")
     check_model_family(model)
     check_gradient_path(model, config.gradient)
-    _check_decoder(losses, decoder, vae)
-    to_image = vae_decoder(model, vae) if decoder == VAE_DECODER else preview_decoder(model)
+    to_image, decoder_models = image_decoder(model, losses, decoder, vae)
     to_latent = model.get_model_object("latent_format").process_out
 
     ratio = latent_ratio(model)
@@ -593,9 +609,7 @@ def patch_loss_guidance(model, losses: tuple, config: LossGuidanceConfig, decode
     term = loss_guidance_term(config, objective, observer, _describe(losses, config))
     term = dataclasses.replace(term, params={**term.params, "check_latent": check_latent})
     patched = add_guidance_term(model, term)
-    helpers = [patcher for loss in losses for patcher in loss.models]
-    if vae is not None and decoder == VAE_DECODER:
-        helpers.append(vae.patcher)
+    helpers = [patcher for loss in losses for patcher in loss.models] + decoder_models
     patched.set_additional_models(ADDITIONAL_MODELS_KEY, list(dict.fromkeys(helpers)))
     return patched
 
@@ -650,10 +664,15 @@ class LossGuidance:
                     },
                 ),
                 "decoder": (
-                    [VAE_DECODER, PREVIEW_DECODER],
+                    [VAE_DECODER, TAESD_DECODER, PREVIEW_DECODER],
                     {
-                        "tooltip": "How image losses see the x0 estimate: vae = exact decode (connect vae; costly), "
-                        "latent preview = ComfyUI's linear preview colours (cheap, approximate, low resolution)."
+                        "tooltip": "How image losses see the x0 estimate: vae = exact decode (connect vae; the "
+                        "costliest in time and memory). taesd = ComfyUI's tiny preview decoder for the model's "
+                        "latents (taesd_decoder, taesdxl_decoder, taesd3_decoder or taef1_decoder in "
+                        "models/vae_approx, from github.com/madebyollin/taesd): full resolution, close colours, "
+                        "a fraction of the VAE's cost; the choice for CLIP losses. latent preview = ComfyUI's "
+                        "linear preview colours (nearly free, approximate, at latent resolution): enough for "
+                        "colour and brightness targets."
                     },
                 ),
                 "augmentations": (

@@ -8,6 +8,7 @@ where. ComfyUI's ModelPatcher manages the loaded models (device, offload).
 
 import logging
 import os
+import shutil
 
 import comfy.model_management as mm
 import comfy.utils
@@ -37,18 +38,21 @@ def model_folders(kind: str) -> list:
 
 
 def local_models(kind: str) -> dict:
-    """name -> folder, for every model folder (config.json inside) up to two levels deep."""
+    """name -> folder, for every model folder (config.json inside) up to two levels deep; names starting
+    with "." (the .downloads/ staging folder) are skipped."""
     found = {}
     for root in model_folders(kind):
         if not os.path.isdir(root):
             continue
         for entry in sorted(os.listdir(root)):
             path = os.path.join(root, entry)
+            if entry.startswith("."):
+                continue
             if os.path.isfile(os.path.join(path, "config.json")):
                 found.setdefault(entry, path)
             elif os.path.isdir(path):
                 for sub in sorted(os.listdir(path)):
-                    if os.path.isfile(os.path.join(path, sub, "config.json")):
+                    if not sub.startswith(".") and os.path.isfile(os.path.join(path, sub, "config.json")):
                         found.setdefault(f"{entry}/{sub}", os.path.join(path, sub))
     return found
 
@@ -69,27 +73,42 @@ def missing_message(kind: str, name: str, reason: str, files: str) -> str:
 
 
 def download(kind: str, name: str, files: str) -> str:
-    """Fetch a hub model into models/<kind>/<owner>/<name>, with a progress bar on the node."""
+    """Fetch a hub model into models/<kind>/<owner>/<name>, with a progress bar on the node.
+
+    The files go to models/<kind>/.downloads/<owner>/<name> first (a rerun resumes there) and the folder
+    moves into place only once every file arrived, so a broken download never looks installed."""
     if _offline():
         raise FileNotFoundError(missing_message(kind, name, "the machine is offline (HF_HUB_OFFLINE is set)", files))
     from huggingface_hub import snapshot_download
     from tqdm.auto import tqdm
 
-    target = os.path.join(model_folders(kind)[0], *name.split("/"))
+    root = model_folders(kind)[0]
+    target = os.path.join(root, *name.split("/"))
+    staging = os.path.join(root, ".downloads", *name.split("/"))
     bar = comfy.utils.ProgressBar(100)
 
     class NodeProgress(tqdm):
+        """Shows the files-done bar on the node; snapshot_download's byte bars (unit "B") grow their
+        totals as files start, so their fraction can go backwards."""
+
         def update(self, n=1):
             result = super().update(n)
-            if self.total:
-                bar.update_absolute(int(100 * self.n / self.total), 100)
+            if self.unit != "B" and self.total:
+                bar.update_absolute(max(bar.current, int(100 * self.n / self.total)), 100)
             return result
 
     log.info("DNP Guidance: downloading %s to %s", name, target)
     try:
-        snapshot_download(name, local_dir=target, allow_patterns=DOWNLOAD_PATTERNS, tqdm_class=NodeProgress)
+        snapshot_download(name, local_dir=staging, allow_patterns=DOWNLOAD_PATTERNS, tqdm_class=NodeProgress)
     except Exception as error:  # network or hub errors: say what to do instead
-        raise FileNotFoundError(missing_message(kind, name, f"the download failed ({error})", files)) from error
+        reason = f"the download failed ({error}); queue the prompt again to resume it"
+        raise FileNotFoundError(missing_message(kind, name, reason, files)) from error
+    if os.path.isdir(target):  # a leftover; resolve() only downloads models it did not find complete
+        log.warning("DNP Guidance: replacing the incomplete folder %s with the download", target)
+        shutil.rmtree(target)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    os.replace(staging, target)
+    bar.update_absolute(100, 100)
     return target
 
 

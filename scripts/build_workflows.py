@@ -513,7 +513,7 @@ def loss_guidance_compare(object_info: dict) -> dict:
         scale=0.005,
         step_rule="polyak",
         gradient="x0 estimate",
-        decoder="vae",
+        decoder="taesd",
         augmentations=10,
         augmentation_strength=1.0,
         start=0.0,
@@ -548,13 +548,17 @@ def loss_guidance_compare(object_info: dict) -> dict:
     graph.add(
         "Note",
         (20, 800),
-        size=(340, 320),
+        size=(340, 440),
         text="Loss guidance (Shen et al., NeurIPS 2024) vs plain CFG, same seed\n\n"
         "At every step in the window the x0 estimate is decoded and CLIP compares it with the CLIP Text Loss "
         "text; the sampler is nudged down that loss's gradient (Polyak step, 10 random augmentations).\n\n"
         "scale is the Polyak eta: start around 0.002-0.02 for CLIP losses at 512 px; too large gives burnt "
         "colours or NaN (the node then says so). time_travel_repeats > 1 repeats steps (slower, stronger). "
-        "The CLIP model (~600 MB) downloads into models/clip_guidance/ on first use.",
+        "The CLIP model (~600 MB) downloads into models/clip_guidance/ on first use.\n\n"
+        "decoder = taesd: the loss sees the x0 estimate through ComfyUI's tiny preview decoder, a fraction of the "
+        "VAE's cost. Put taesd_decoder.pth (SD1.x / SD2.x; from github.com/madebyollin/taesd) in models/vae_approx. "
+        "decoder = vae is exact but several times slower; latent preview is nearly free and enough for colour and "
+        "brightness targets, not for CLIP.",
     )
     return graph.to_json()
 

@@ -117,7 +117,7 @@ link_pack() {
 
 write_model_paths() {
   # No clip: entry: ComfyUI maps the legacy folder name clip to text_encoders (folder_paths.map_legacy).
-  mkdir -p "$MODELS"/{checkpoints,diffusion_models,text_encoders,vae,captioners,clip_vision,clip_guidance}
+  mkdir -p "$MODELS"/{checkpoints,diffusion_models,text_encoders,vae,vae_approx,captioners,clip_vision,clip_guidance}
   cat >"$DNPG_HOME/extra_model_paths.yaml" <<YAML
 dnp_guidance_test:
     base_path: $MODELS
@@ -125,6 +125,7 @@ dnp_guidance_test:
     diffusion_models: diffusion_models
     text_encoders: text_encoders
     vae: vae
+    vae_approx: vae_approx
     captioners: captioners
     clip_vision: clip_vision
     clip_guidance: clip_guidance
@@ -149,11 +150,22 @@ build_tiny_checkpoint() {
   fi
 }
 
+build_tiny_taesd() {
+  # Random TAESD decoders (ComfyUI's class) under the published names, for Loss Guidance's decoder = taesd.
+  local recipe="$PACK_DIR/scripts/make_tiny_taesd.py" stamp="$MODELS/vae_approx/.dnpg-tiny.recipe" want
+  want="$(cat "$recipe" "$PACK_DIR/scripts/tiny_models.py" | sha256sum | cut -c1-16)"
+  if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
+    log "building the tiny random TAESD decoders in $MODELS/vae_approx"
+    (cd "$COMFY" && "$VENV/bin/python" "$recipe" "$MODELS/vae_approx" >&2)
+    echo "$want" >"$stamp"
+  fi
+}
+
 build_tiny_captioners() {
   local recipe="$PACK_DIR/scripts/make_tiny_captioners.py" stamp="$MODELS/captioners/.dnpg-tiny.recipe" want
   want="$(sha256sum "$recipe" | cut -c1-16)"
   if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
-    log "building the tiny random captioners (BLIP, BLIP-2, LLaVA) and CLIP in $MODELS"
+    log "building the tiny random captioners (every family) and CLIP in $MODELS"
     "$VENV/bin/python" "$recipe" "$MODELS/captioners" >&2
     "$VENV/bin/python" "$recipe" "$MODELS/clip_guidance" --only clip >&2
     echo "$want" >"$stamp"
@@ -213,6 +225,7 @@ main() {
   link_pack
   write_model_paths
   build_tiny_checkpoint
+  build_tiny_taesd
   build_tiny_captioners
   ensure_chromium
   write_env_file

@@ -144,8 +144,9 @@ def wait_for_new_prompt(server, before: set, timeout: float = 300.0) -> dict:
     raise TimeoutError("the prompt queued from the frontend did not finish")
 
 
-@pytest.mark.parametrize("path", WORKFLOW_FILES, ids=os.path.basename)
-def test_workflow_loads_queues_and_renders_in_the_frontend(page, server, path):
+def run_in_frontend(page, server, path, models, screenshot) -> dict:
+    """Load the workflow, pick `models` in their menus, type the quick numbers, queue it; checks what a
+    user sees (no missing nodes, no errors, every output node ran) and returns the history entry."""
     with open(path) as handle:
         workflow = json.load(handle)
     page.console_messages.clear()
@@ -156,7 +157,6 @@ def test_workflow_loads_queues_and_renders_in_the_frontend(page, server, path):
     )
     assert missing == []
     assert page.get_by_text("Missing Node Types").count() == 0
-    models = quick_models(path)
     for node_id, node_type, name in combo_widgets(page, models):
         choose_in_combo(page, node_id, name, models[node_type, name])
     assert page.evaluate("window.app.graph.nodes.filter(n => n.has_errors).map(n => n.type)") == []
@@ -172,7 +172,7 @@ def test_workflow_loads_queues_and_renders_in_the_frontend(page, server, path):
     page.evaluate("window.app.extensionManager.command.execute('Comfy.Canvas.FitView')")
     page.wait_for_timeout(1000)
     os.makedirs(ARTIFACTS, exist_ok=True)
-    page.screenshot(path=os.path.join(ARTIFACTS, f"browser-{os.path.basename(path)[:-5]}.png"))
+    page.screenshot(path=os.path.join(ARTIFACTS, f"browser-{screenshot}.png"))
     assert entry["status"]["status_str"] == "success", entry["status"]
     assert server.output_images(entry), "the frontend's prompt produced no image"
     output_types = {t for t, info in server.object_info.items() if info.get("output_node")}
@@ -180,3 +180,22 @@ def test_workflow_loads_queues_and_renders_in_the_frontend(page, server, path):
     assert expected <= set(entry["outputs"]), "not every output node of the workflow ran"
     assert page.evaluate("window.app.graph.nodes.filter(n => n.has_errors).map(n => n.type)") == []
     assert errors_of(page) == []
+    return entry
+
+
+@pytest.mark.parametrize("path", WORKFLOW_FILES, ids=os.path.basename)
+def test_workflow_loads_queues_and_renders_in_the_frontend(page, server, path):
+    run_in_frontend(page, server, path, quick_models(path), os.path.basename(path)[:-5])
+
+
+@pytest.mark.parametrize(
+    "captioner", ["dnpg-tiny-florence2", "dnpg-tiny-qwen2.5-vl", "dnpg-tiny-qwen3-vl", "dnpg-tiny-smolvlm"]
+)
+def test_auto_dnp_workflow_with_each_captioner_family_picked_in_the_frontend(page, server, captioner):
+    """The Captioner Loader's menu offers each family's model; the shipped graph runs with it and the
+    DNP Negative Prompt node reports the n* its caption gave."""
+    path = os.path.join(PACK_DIR, "workflows", "dnp_auto.json")
+    models = {**quick_models(path), ("DNPG_CaptionerLoader", "captioner_name"): captioner}
+    entry = run_in_frontend(page, server, path, models, f"dnp_auto-{captioner}")
+    notes = [text for output in entry["outputs"].values() for text in output.get("text", [])]
+    assert any(note.startswith("n*: ") and len(note.splitlines()[0]) > len("n*: ") for note in notes), notes

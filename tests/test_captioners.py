@@ -1,5 +1,5 @@
-"""Captioners through the real loader: tiny random BLIP, BLIP-2 (OPT, T5), LLaVA and LLaVA-NeXT in a
-temporary models folder."""
+"""Captioners through the real loader: tiny random BLIP, BLIP-2 (OPT, T5), Florence-2, LLaVA, LLaVA-NeXT,
+Qwen2.5-VL, Qwen3-VL and SmolVLM2 in a temporary models folder."""
 
 import os
 import shutil
@@ -14,6 +14,10 @@ FAMILIES = {
     "dnpg-tiny-blip2-t5": "blip-2",
     "dnpg-tiny-llava": "llava",
     "dnpg-tiny-llava-next": "llava_next",
+    "dnpg-tiny-florence2": "florence2",
+    "dnpg-tiny-qwen2.5-vl": "qwen2_5_vl",
+    "dnpg-tiny-qwen3-vl": "qwen3_vl",
+    "dnpg-tiny-smolvlm": "smolvlm",
 }
 
 
@@ -118,10 +122,82 @@ def test_zero_size_image_is_a_clear_error(comfy, captioners_dir, no_network):
 
 
 def test_captioner_code_never_installs_packages_or_trusts_remote_code():
+    """No production module runs a process or pip's API (error messages may tell the user the pip
+    command to run), and none trusts remote code."""
+    import re
+
     from conftest import PACK_DIR
 
+    runs_something = re.compile(
+        r"\bimport subprocess\b|\bfrom subprocess\b|os\.system|os\.popen|\bpip\.main|pip\._internal"
+    )
     for folder in ("nodes", "guidance"):
         for name in os.listdir(os.path.join(PACK_DIR, folder)):
             if name.endswith(".py"):
                 source = open(os.path.join(PACK_DIR, folder, name)).read()
-                assert "trust_remote_code=True" not in source and "pip install" not in source, name
+                assert "trust_remote_code=True" not in source and not runs_something.search(source), name
+
+
+def test_a_batch_captions_each_image_as_it_would_alone(comfy, captioners_dir, no_network):
+    """Batched generation (padding, nested image lists) changes nothing: for every family the batch's
+    captions equal the single-image captions, and the two different images can be told apart by at
+    least one family (the tiny models are random, so one family may give both the same words)."""
+    captioning = comfy.pack.nodes.captioning
+    batch = images(2)
+    differ = []
+    for name in sorted(FAMILIES):
+        captioner = captioning.load_captioner(name, "fp32", keep_loaded=True)
+        together = captioning.caption(captioner, batch, max_new_tokens=6)
+        alone = [captioning.caption(captioner, batch[i : i + 1], max_new_tokens=6)[0] for i in range(2)]
+        captioning.unload(captioner)
+        assert together == alone, name
+        differ.append(together[0] != together[1])
+    assert any(differ)
+
+
+@pytest.mark.parametrize("name", ["dnpg-tiny-florence2", "dnpg-tiny-qwen2.5-vl", "dnpg-tiny-smolvlm"])
+def test_the_question_reaches_the_model(comfy, captioners_dir, no_network, name):
+    """The family's prompt is built from the question: a different instruction (chat) or task token
+    (Florence-2) changes the model's input ids."""
+    captioning = comfy.pack.nodes.captioning
+    captioner = captioning.load_captioner(name, "fp32", keep_loaded=False)
+    pictures = captioning.to_pil(images(1))
+    other = "<DETAILED_CAPTION>" if captioner.family == "florence2" else "the red fox in the snow"
+    default_ids = captioning._inputs(captioner, pictures, "")[0]["input_ids"]
+    other_ids = captioning._inputs(captioner, pictures, other)[0]["input_ids"]
+    assert not torch.equal(default_ids, other_ids) if default_ids.shape == other_ids.shape else True
+    assert default_ids.shape != other_ids.shape or not torch.equal(default_ids, other_ids)
+
+
+def test_florence2_in_the_remote_code_format_is_refused_naming_the_native_repositories(
+    comfy, captioners_dir, no_network
+):
+    import json
+
+    target = copy_model(captioners_dir, "dnpg-tiny-florence2", "microsoft-florence")
+    config = json.loads((target / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_florence2.Florence2ForConditionalGeneration"}
+    (target / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"remote-code Florence-2 format.*florence-community/Florence-2-base"):
+        loader(comfy).load("microsoft-florence", "fp32", False)
+
+
+def test_weights_of_another_layout_are_refused_not_loaded_as_random_layers(comfy, captioners_dir, no_network):
+    from safetensors.torch import load_file, save_file
+
+    target = copy_model(captioners_dir, "dnpg-tiny-qwen2.5-vl", "renamed-qwen")
+    weights = load_file(target / "model.safetensors")
+    save_file({f"old_port.{key}": value for key, value in weights.items()}, target / "model.safetensors")
+    with pytest.raises(ValueError, match=r"do not fit transformers' native Qwen2.5-VL model \(\d+ weights missing"):
+        loader(comfy).load("renamed-qwen", "fp32", False)
+
+
+def test_smolvlm_without_num2words_names_the_package(comfy, captioners_dir, no_network, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "num2words" else real(name, *a))
+    with pytest.raises(
+        RuntimeError, match=r"SmolVLM2 captioners need the Python package\(s\) num2words.*pip install num2words"
+    ):
+        loader(comfy).load("dnpg-tiny-smolvlm", "fp32", False)

@@ -24,6 +24,9 @@ QUICK = {
     "guidance_clip": "dnpg-tiny-clip",
 }
 CHROMA_WORKFLOW = os.path.join(PACK_DIR, "workflows", "dnp_auto_compare_chroma.json")
+AUTO_DNP_WORKFLOW = os.path.join(PACK_DIR, "workflows", "dnp_auto.json")
+# The captioner families beyond the default BLIP (tiny random models in models/captioners).
+NEW_CAPTIONERS = ("dnpg-tiny-florence2", "dnpg-tiny-qwen2.5-vl", "dnpg-tiny-qwen3-vl", "dnpg-tiny-smolvlm")
 SD35_WORKFLOW = os.path.join(PACK_DIR, "workflows", "scfg_compare_sd35.json")
 
 
@@ -141,6 +144,17 @@ def test_shipped_workflow_runs_and_writes_an_image(server, shipped_run, path):
     assert saved, "the workflow saved no image"
     with Image.open(io.BytesIO(server.image_bytes(saved[0]))) as image:
         assert image.size == (QUICK["size"], QUICK["size"])
+
+
+@pytest.mark.parametrize("captioner", NEW_CAPTIONERS)
+def test_shipped_auto_dnp_workflow_runs_with_each_captioner_family(server, captioner):
+    prompt = quick_prompt(server, AUTO_DNP_WORKFLOW)
+    node_of_type(prompt, "DNPG_CaptionerLoader")["inputs"]["captioner_name"] = captioner
+    entry = server.run(prompt)
+    (caption,) = entry["outputs"][node_id_of_type(prompt, "DNPG_CaptionImage")]["text"]
+    (report,) = entry["outputs"][node_id_of_type(prompt, "DNPG_DNPNegativePrompt")]["text"]
+    assert caption.strip() and report.startswith("n*: ") and len(report) > len("n*: "), (caption, report)
+    assert [image for _, image in server.output_images(entry) if image["type"] == "output"]
 
 
 def saved_pixels(server, prompt, entry, prefix) -> bytes:
