@@ -65,25 +65,34 @@ def clip_b32(runtime):
     import comfy.model_patcher
     import transformers
 
-    lg = runtime.pack.nodes.loss_guidance
+    clips = runtime.pack.nodes.guidance_clip
     model = transformers.CLIPModel(transformers.CLIPConfig()).eval().requires_grad_(False)
     load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
     managed = runtime.pack.nodes.model_files.ManagedModule(model.to(offload_device))
     patcher = comfy.model_patcher.ModelPatcher(managed, load_device=load_device, offload_device=offload_device)
     size = model.config.vision_config.image_size
-    return lg.GuidanceClip("random ViT-B/32", patcher, None, size, lg.OPENAI_MEAN, lg.OPENAI_STD, torch.float32)
+    return clips.GuidanceClip(
+        "random ViT-B/32", patcher, None, size, clips.OPENAI_MEAN, clips.OPENAI_STD, torch.float32
+    )
 
 
 def build_losses(runtime, clip) -> dict:
-    lg, maths = runtime.pack.nodes.loss_guidance, runtime.pack.guidance.losses
+    nodes, maths = runtime.pack.nodes, runtime.pack.guidance.losses
+    embed = nodes.guidance_clip.guidance_clip_image_embedder(clip)
     target = torch.randn(1, clip.patcher.model.inner.config.projection_dim, generator=torch.Generator().manual_seed(0))
-    clip_loss = maths.embedding_target("CLIP text", lg.guidance_clip_image_embedder(clip), target, 1.0, (clip.patcher,))
-    return {"colour target": lg.ColourTargetLoss().build("#D04020", 1.0)[0], "CLIP text": (clip_loss,)}
+    clip_loss = maths.embedding_target("CLIP text", embed, target, 1.0, (clip.patcher,))
+    return {"colour target": nodes.loss_nodes.ColourTargetLoss().build("#D04020", 1.0)[0], "CLIP text": (clip_loss,)}
 
 
 def guided(runtime, model, vae, losses, decoder):
     node = runtime.pack.nodes.loss_guidance.LossGuidance
-    settings = {**node.defaults(), "scale": SCALE, "end": 1.0, "decoder": decoder, "augmentations": AUGMENTATIONS}
+    settings = {
+        **comfy_inprocess.default_settings(node),
+        "scale": SCALE,
+        "end": 1.0,
+        "decoder": decoder,
+        "augmentations": AUGMENTATIONS,
+    }
     return node().patch(model, losses, vae=vae, **settings)[0]
 
 

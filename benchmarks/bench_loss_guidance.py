@@ -101,9 +101,15 @@ class PeakMemory:
 
 
 def patched(runtime, model, vae, options: dict):
-    losses = runtime.pack.nodes.loss_guidance.ColourTargetLoss().build("#D04020", 1.0)[0]
+    losses = runtime.pack.nodes.loss_nodes.ColourTargetLoss().build("#D04020", 1.0)[0]
     node = runtime.pack.nodes.loss_guidance.LossGuidance
-    settings = {**node.defaults(), "scale": 0.01, "end": 1.0, "time_travel_start": 0.0, "time_travel_end": 1.0}
+    settings = {
+        **comfy_inprocess.default_settings(node),
+        "scale": 0.01,
+        "end": 1.0,
+        "time_travel_start": 0.0,
+        "time_travel_end": 1.0,
+    }
     return node().patch(model, losses, vae=vae, **{**settings, **options})[0]
 
 

@@ -68,8 +68,10 @@ def with_probe(runtime, model, report: dict):
 
 def self_attention_bytes(runtime, model, side: int) -> int:
     """Largest head-averaged self-attention map the capture holds at once (one layer, one pass, batch 1)."""
-    scfg = runtime.pack.nodes.scfg
-    layers = scfg.select_layers(scfg.attention_layers(model.get_model_object("diffusion_model")), "auto (1/4 + 1/8)")
+    capture = runtime.pack.nodes.attention_capture
+    layers = capture.select_layers(
+        capture.attention_layers(model.get_model_object("diffusion_model")), "auto (1/4 + 1/8)"
+    )
     finest = max(-(-side // ratio) for *_, ratio in layers)
     return (finest * finest) ** 2 * 4
 
@@ -84,11 +86,11 @@ def capture_overhead_seconds(runtime, model, side: int, repeats: int = 5) -> flo
     layer (minus the attention they compute anyway) plus the rate, on tensors of the real shapes."""
     from comfy.ldm.modules.attention import optimized_attention
 
-    scfg_nodes, scfg_maths = runtime.pack.nodes.scfg, runtime.pack.guidance.scfg
+    capture, scfg_maths = runtime.pack.nodes.attention_capture, runtime.pack.guidance.scfg
     unet = model.get_model_object("diffusion_model")
-    layers = scfg_nodes.select_layers(scfg_nodes.attention_layers(unet), "auto (1/4 + 1/8)")
+    layers = capture.select_layers(capture.attention_layers(unet), "auto (1/4 + 1/8)")
     finest_ratio = min(ratio for *_, ratio in layers)
-    collector = scfg_nodes.ScfgCollector()
+    collector = runtime.pack.nodes.scfg_capture.ScfgCollector()
     run = runtime.pack.nodes.patching.RunState(captures={"scfg": collector})
     extra_time = 0.0
     for name, block_id, depth, ratio in layers:
@@ -103,7 +105,7 @@ def capture_overhead_seconds(runtime, model, side: int, repeats: int = 5) -> flo
             "dnp_guidance_run": run,
         }
         key = (name, block_id, depth)
-        captured = (scfg_nodes.self_capture(key), scfg_nodes.cross_capture(key, "code", True, ratio, finest_ratio))
+        captured = (capture.self_capture(key), capture.cross_capture(key, "code", True, ratio, finest_ratio))
         for fn, k in zip(captured, (x, context)):
             start = time.perf_counter()
             for _ in range(repeats):

@@ -21,11 +21,6 @@ import math
 from .stack import PHASE_BASE, PHASE_DIRECTION, GuidanceState, GuidanceTerm
 
 
-def dns_x0(cond_p, uncond_empty, scale):
-    """(DNS) in x0 space: D_p + s (D_empty - D_p); equal to CFG with the prompts swapped."""
-    return cond_p + (uncond_empty - cond_p) * scale
-
-
 def _swap_direction(state: GuidanceState) -> GuidanceState:
     return state.edit(cond=state.uncond, uncond=state.cond)
 

@@ -1,17 +1,15 @@
 """DNP nodes: captioner loading and captioning, the negative prompt n*, and one-node Auto-DNP
 (Desai & Vasconcelos, arXiv 2411.05473). Text maths in guidance/dnp.py, DNS in nodes/dns.py."""
 
-import logging
-
 import nodes as comfy_nodes
 import torch
 
 from ..guidance import dnp
-from . import captioning, conditioning_batch, model_files, validation
+from . import captioning, conditioning_batch, feedback, model_files, validation
+from .clip_tokens import clip_token_counter
 from .dns import patch_dns
 from .inputs import cfg_input, sampler_input, scheduler_input, seed_input, steps_input
 
-log = logging.getLogger("dnp_guidance")
 CATEGORY = "DNP Guidance/DNP"
 PER_IMAGE, SHARED = "per image", "shared"
 NEGATIVE_MODES = (PER_IMAGE, SHARED)
@@ -104,25 +102,8 @@ class CaptionImage:
 
     def caption(self, captioner, image, question, max_new_tokens):
         captions = captioning.caption(captioner, image, question, max_new_tokens)
+        feedback.show("\n".join(captions))
         return {"ui": {"text": captions}, "result": ("; ".join(captions), captions)}
-
-
-def clip_tokenizer(clip):
-    """The ComfyUI tokenizer of a CLIP's text encoders with the tightest limit (SD1: clip_l; SDXL: l/g)."""
-    inner = [t for t in vars(clip.tokenizer).values() if hasattr(t, "tokenizer") and hasattr(t, "max_length")]
-    return min(inner, key=lambda t: t.max_length) if inner else None
-
-
-def clip_token_counter(clip):
-    """count(text) -> tokens of the CLIP tokenizer (the tightest of its encoders), and its limit."""
-    tokenizer = clip_tokenizer(clip)
-    if tokenizer is None:
-        return None, 0
-
-    def count(text: str) -> int:
-        return len(tokenizer.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    return count, tokenizer.max_length - 2  # start and end tokens take two places
 
 
 def negative_prompt(caption: str, user_negative: str, mode: str, clip=None, max_tokens: int = -1) -> tuple:
@@ -138,7 +119,7 @@ def negative_prompt(caption: str, user_negative: str, mode: str, clip=None, max_
     text, cut = dnp.truncate_words(text, count, limit) if count else (text, False)
     report = f"n*: {text}" + (f"  [truncated to {limit} tokens]" if cut else "")
     if cut:
-        log.warning("DNP Guidance: the negative prompt was truncated to %d tokens: %s", limit, text)
+        feedback.warn(f"the negative prompt was truncated to {limit} tokens: {text}")
     return text, report
 
 
@@ -195,6 +176,7 @@ class DNPNegativePrompt:
 
     def build(self, caption, user_negative, mode, max_tokens, clip=None):
         text, report = negative_prompt(caption, user_negative, mode, clip, max_tokens)
+        feedback.show(report)
         return {"ui": {"text": [report]}, "result": (text,)}
 
 
@@ -336,7 +318,7 @@ class AutoDNP:
             f"{report}\nDNS run: {batch_size} x {dns_steps} steps at {side_w}x{side_h} = {cost:.0%} of the final "
             f"generation's UNet work, plus {len(captions)} caption(s)."
         )
-        log.info("DNP Guidance: %s", note.replace("\n", " | "))
+        feedback.show(note)
         return {"ui": {"text": [note]}, "result": (positive, negative, "\n".join(texts), dns_image)}
 
 
@@ -360,7 +342,7 @@ def dnp_negatives(captions: list, user_negative: str, mode: str, clip, negatives
             negative = conditioning_batch.stack_conditionings([encode(clip, text) for text in texts])
             return texts, negative, "\n".join(f"image {i}: {line}" for i, (_, line) in enumerate(built))
         except conditioning_batch.CannotStack as why:
-            log.warning("DNP Guidance: per-image negatives cannot be batched (%s); using one shared n*.", why)
+            feedback.warn(f"per-image negatives cannot be batched ({why}); using one shared n*.")
             fallback = f"per-image negatives could not be batched ({why}): one shared n* instead\n"
     else:
         fallback = ""

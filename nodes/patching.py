@@ -7,7 +7,6 @@ ones only add their term to the stack stored under `model_options["dnp_guidance"
 """
 
 import hashlib
-import logging
 import math
 import struct
 from dataclasses import dataclass, field
@@ -34,11 +33,10 @@ from ..guidance.stack import (
     GuidanceTerm,
     apply_stack,
 )
+from . import feedback
 from .differentiable import call_differentiably, differentiable_kernels
 from .families import guidance_distilled, noise_space, true_cfg_message
 from .sampler_steps import StepLocator, StepPlace, sampler_function_name
-
-log = logging.getLogger("dnp_guidance")
 
 STACK_KEY = "dnp_guidance"
 RUN_KEY = "dnp_guidance_run"
@@ -92,11 +90,9 @@ def add_guidance_term(model, term: GuidanceTerm, replacing: bool = False):
     patched = model.clone()
     stack = guidance_stack(patched)
     if stack.has(term.name) and not replacing:
-        log.warning(
-            "DNP Guidance: this MODEL already has a %s term (%s); the new one (%s) replaces it.",
-            term.name,
-            stack.get(term.name).description,
-            term.description,
+        feedback.warn(
+            f"this MODEL already has a {term.name} term ({stack.get(term.name).description}); the new one "
+            f"({term.description}) replaces it."
         )
     patched.model_options[STACK_KEY] = stack.with_term(term)
     if guidance_hook not in patched.model_options.get("sampler_post_cfg_function", []):
@@ -112,10 +108,9 @@ def add_guidance_term(model, term: GuidanceTerm, replacing: bool = False):
 def _register_hook(patched) -> None:
     foreign_cfg = patched.model_options.get("sampler_cfg_function")
     if foreign_cfg is not None:
-        log.info(
-            "DNP Guidance: the MODEL already has a cfg function (%s); DNP Guidance adds its own change "
-            "on top of that function's result (additive composition).",
-            getattr(foreign_cfg, "__qualname__", repr(foreign_cfg)),
+        feedback.show(
+            f"the MODEL already has a cfg function ({getattr(foreign_cfg, '__qualname__', repr(foreign_cfg))}); DNP "
+            "Guidance adds its own change on top of that function's result (additive composition)."
         )
     patched.set_model_sampler_post_cfg_function(guidance_hook)
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, run_wrapper)
@@ -218,11 +213,10 @@ def _check_distinct_prompts(guider, descriptions: list) -> None:
 def check_result(stack: GuidanceStack, run: RunState, result: torch.Tensor) -> None:
     """Once per run, after sampling: the stack ran, and produced finite values of a sane size."""
     if run.hook_calls == 0:
-        log.warning(
-            "DNP Guidance: %s was on this MODEL but never ran in this sampling run. A node applied after "
-            "the DNP Guidance nodes removed ComfyUI's post-CFG hooks, or the guider does not call them. "
-            "Apply the DNP Guidance nodes last, or use KSampler / CFGGuider.",
-            _describe(stack),
+        feedback.warn(
+            f"{_describe(stack)} was on this MODEL but never ran in this sampling run. A node applied after the DNP "
+            "Guidance nodes removed ComfyUI's post-CFG hooks, or the guider does not call them. Apply the DNP "
+            "Guidance nodes last, or use KSampler / CFGGuider."
         )
     advice = "Lower the guidance scale (cfg, DNS scale, the schedule's peak, or the loss guidance scale)."
     if not bool(torch.isfinite(result).all()):

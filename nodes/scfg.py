@@ -1,160 +1,23 @@
-"""S-CFG node (Shen et al., CVPR 2024, arXiv 2404.05384): attention capture on the UNet (modelled on
-core's nodes_sag.py), the DiT capture in nodes/scfg_dit.py, and the guidance-stack term. Maths in
-guidance/scfg.py and guidance/attention_maps.py."""
+"""S-CFG node (Shen et al., CVPR 2024, arXiv 2404.05384) and S-CFG Regions: inputs, the layer choice and
+the guidance-stack term. The UNet attention capture is in nodes/attention_capture.py, the DiT capture in
+nodes/scfg_dit.py; maths in guidance/scfg.py and guidance/attention_maps.py."""
 
 import dataclasses
-import logging
 
 import nodes as comfy_nodes
 import torch.nn.functional as F
-from comfy.ldm.modules.attention import SpatialTransformer, optimized_attention
-from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, UNetModel, Upsample
 
 from ..guidance import scfg
 from ..guidance.progress import DEFAULT_SOURCE
-from . import scfg_dit, validation
+from . import feedback, scfg_dit, validation
+from .attention_capture import LAYER_CHOICES, attention_layers, is_unet, patch_capture, select_layers, unet_of
 from .inputs import cfg_input, sampler_input, scheduler_input, seed_input, steps_input
-from .patching import RUN_KEY, add_guidance_term, guidance_stack
+from .patching import add_guidance_term, guidance_stack
 from .plotting import regions_panel
-from .scfg_capture import CAPTURE_KEY, ScfgCollector, passes
+from .scfg_capture import CAPTURE_KEY
 from .token_labels import token_labels
 
-log = logging.getLogger("dnp_guidance")
 CATEGORY = "DNP Guidance/S-CFG"
-LAYER_CHOICES = {
-    "auto (1/4 + 1/8)": (4, 8),
-    "1/4 + 1/8": (4, 8),
-    "1/4": (4,),
-    "1/8": (8,),
-    "1/2 + 1/4": (2, 4),
-    "all": None,
-}
-
-
-def attention_layers(unet) -> list:
-    """[(block_name, block_id, depth_index, ratio)] of every cross-attention transformer of a UNet;
-    ratio = latent side / map side (1, 2, 4, 8, ...)."""
-    layers, level = [], 0
-    for block_id, block in enumerate(unet.input_blocks):
-        if any(isinstance(m, Downsample) for m in block):
-            level += 1
-        layers += _transformers_in(block, "input", block_id, level)
-    layers += _transformers_in(unet.middle_block, "middle", 0, level)
-    for block_id, block in enumerate(unet.output_blocks):
-        layers += _transformers_in(block, "output", block_id, level)
-        if any(isinstance(m, Upsample) for m in block):
-            level -= 1
-    return layers
-
-
-def _transformers_in(block, name: str, block_id: int, level: int) -> list:
-    found = []
-    for module in block if block is not None else []:
-        if isinstance(module, SpatialTransformer):
-            found += [(name, block_id, depth, 2**level) for depth in range(len(module.transformer_blocks))]
-    return found
-
-
-def select_layers(layers: list, choice: str) -> list:
-    """The layers of the chosen map sizes; 'auto' falls back to the two coarsest sizes when a UNet
-    has no 1/4 or 1/8 layers (small or unusual UNets)."""
-    ratios = LAYER_CHOICES[choice]
-    available = sorted({ratio for *_, ratio in layers})
-    chosen = layers if ratios is None else [layer for layer in layers if layer[3] in ratios]
-    if not chosen and choice.startswith("auto"):
-        coarsest = available[-2:]
-        log.info(
-            "DNP Guidance: S-CFG found no 1/4 or 1/8 attention maps; using the 1/%s ones",
-            " and 1/".join(map(str, coarsest)),
-        )
-        chosen = [layer for layer in layers if layer[3] in coarsest]
-    if not chosen:
-        sizes = ", ".join(f"1/{r}" for r in available)
-        raise ValueError(f"S-CFG: this UNet has no attention maps at {choice} of the latent side; it has {sizes}.")
-    return chosen
-
-
-def _attention(q, k, v, extra):
-    return optimized_attention(q, k, v, extra["n_heads"], attn_precision=extra.get("attn_precision"))
-
-
-def self_capture(key):
-    def attn1(q, k, v, extra):
-        run = extra.get(RUN_KEY)
-        if run is not None:
-            collector = run.captures.setdefault(CAPTURE_KEY, ScfgCollector())
-            probs = scfg.head_averaged_probs(q, k, extra["n_heads"])
-            for pass_index, chunk in passes(probs, extra["cond_or_uncond"]):
-                collector.pending_self[(key, pass_index)] = chunk
-        return _attention(q, k, v, extra)
-
-    return attn1
-
-
-def latent_side(extra: dict, ratio: int) -> tuple:
-    """(h, w) of the maps at `ratio`: the latent sides / ratio, rounded up (each downsampling halves a
-    side, rounding up)."""
-    height, width = extra["original_shape"][-2:]
-    return -(-height // ratio), -(-width // ratio)
-
-
-def map_size(extra: dict, ratio: int) -> tuple:
-    """(h, w) of this layer's maps: from the block's activations, or from the latent on ComfyUI
-    versions that do not pass activations_shape."""
-    if "activations_shape" in extra:
-        return tuple(extra["activations_shape"][-2:])
-    return latent_side(extra, ratio)
-
-
-def cross_capture(key, completion: str, self_completion: bool, ratio: int, finest_ratio: int, start_token=True):
-    def attn2(q, k, v, extra):
-        run = extra.get(RUN_KEY)
-        if run is not None:
-            collector = run.captures.setdefault(CAPTURE_KEY, ScfgCollector())
-            h, w = map_size(extra, ratio)
-            finest = latent_side(extra, finest_ratio)  # coarser layers are upsampled to the finest used side
-            probs = scfg.head_averaged_probs(q, k, extra["n_heads"])  # (b, h*w, T)
-            for pass_index, chunk in passes(probs, extra["cond_or_uncond"]):
-                self_attn = collector.pending_self.pop((key, pass_index), None) if self_completion else None
-                cross = chunk.reshape(-1, h, w, chunk.shape[-1])
-                layer = scfg.process_layer(cross, self_attn, completion, finest, start_token=start_token)
-                collector.add(pass_index, *layer)
-        return _attention(q, k, v, extra)
-
-    return attn2
-
-
-def unet_of(model):
-    unet = model.get_model_object("diffusion_model")
-    if not isinstance(unet, UNetModel) or not getattr(unet, "input_blocks", None):
-        raise ValueError(
-            f"S-CFG reads the cross-attention maps of a UNet (SD1.x, SD2.x, SDXL); this model's diffusion model is "
-            f"{type(unet).__name__} ({type(model.model).__name__}), which has no such maps. Use S-CFG with an "
-            "SD1.5 / SD2.x / SDXL checkpoint."
-        )
-    return unet
-
-
-def patch_capture(model, layers: list, completion: str, self_completion: bool, start_token: bool = True) -> None:
-    replaced = model.model_options.get("transformer_options", {}).get("patches_replace", {})
-    finest_ratio = min(ratio for *_, ratio in layers)
-    for name, block_id, depth, ratio in layers:
-        key = (name, block_id, depth)
-        clashes = [
-            kind
-            for kind in ("attn1", "attn2")
-            if key in replaced.get(kind, {}) or (name, block_id) in replaced.get(kind, {})
-        ]
-        if clashes:
-            log.warning(
-                "DNP Guidance: S-CFG replaces another node's %s patch at %s; apply S-CFG first to keep both.",
-                "/".join(clashes),
-                key,
-            )
-        if self_completion:
-            model.set_model_attn1_replace(self_capture(key), name, block_id, depth)
-        capture = cross_capture(key, completion, self_completion, ratio, finest_ratio, start_token)
-        model.set_model_attn2_replace(capture, name, block_id, depth)
 
 
 def ordered_ranges(values: dict) -> list:
@@ -333,7 +196,7 @@ class SCFG:
         blocks = scfg_dit.choose_blocks(model, layout, layers)
         start_token = scfg_dit.reference_from_start_token(layout.start_token, reference_token)
         chosen_by = f" ({layout.why})" if scfg_dit.is_auto(layers) else ""
-        log.info("DNP Guidance: S-CFG reads %s blocks %s%s", layout.family, ", ".join(map(str, blocks)), chosen_by)
+        feedback.show(f"S-CFG reads {layout.family} blocks {', '.join(map(str, blocks))}{chosen_by}")
         term = dataclasses.replace(term, params={**term.params, "check_latent": scfg_dit.check_latent})
         patched = add_guidance_term(model, term)
         scfg_dit.patch_capture(patched, layout, blocks, completion, self_completion, start_token)
@@ -371,10 +234,6 @@ def layers_problem(layers) -> str:
     if scfg_dit.is_auto(text) or text in LAYER_CHOICES or scfg_dit.parse_blocks(text) is not None:
         return ""
     return f"S-CFG: layers = {layers!r}: {LAYERS_HELP}"
-
-
-def is_unet(model) -> bool:
-    return isinstance(model.get_model_object("diffusion_model"), UNetModel)
 
 
 class SCFGRegions:

@@ -114,8 +114,3 @@ def _all_problems(node_cls, combination_checks: tuple, values: dict, check_range
 
 def _joined(node_cls, problems: list) -> str:
     return f"{display_name(node_cls)}: {'; '.join(problems)}" if problems else ""
-
-
-def float_inputs(node_cls) -> list:
-    """Names of the node's FLOAT widgets (each must be checked by its VALIDATE_INPUTS)."""
-    return [name for name, spec in input_specs(node_cls).items() if spec[0] == "FLOAT"]

@@ -84,3 +84,15 @@ def load_tiny(comfy, positive: str = "a photo of a red fox in the snow", negativ
     return types.SimpleNamespace(
         model=model, clip=clip, vae=vae, positive=encode(clip, positive)[0], negative=encode(clip, negative)[0]
     )
+
+
+def default_settings(node_cls) -> dict:
+    """A node's default settings: the first choice of each list input and the default of each other required
+    widget (for Loss Guidance: every input but model, losses and vae)."""
+    settings = {}
+    for name, spec in node_cls.INPUT_TYPES()["required"].items():
+        if isinstance(spec[0], list):
+            settings[name] = spec[0][0]
+        elif "default" in spec[1]:
+            settings[name] = spec[1]["default"]
+    return settings

@@ -15,7 +15,7 @@ def test_negative_prompt_is_cut_to_the_clip_token_limit_and_says_so(comfy, tiny)
     long_caption = "a picture of " + " ".join(["red fox"] * 60)
     result = comfy.pack.nodes.dnp.DNPNegativePrompt().build(long_caption, "blurry", "append", -1, tiny.clip)
     text = result["result"][0]
-    count, limit = comfy.pack.nodes.dnp.clip_token_counter(tiny.clip)
+    count, limit = comfy.pack.nodes.clip_tokens.clip_token_counter(tiny.clip)
     assert limit == 75 and count(text) <= 75 < count("blurry, " + " ".join(["red fox"] * 60))
     assert text.startswith("blurry, red fox") and "truncated to 75 tokens" in result["ui"]["text"][0]
 

@@ -2,6 +2,7 @@
 it loads with no missing node types and no console errors, queues, and produces its images."""
 
 import glob
+import hashlib
 import json
 import os
 import re
@@ -188,6 +189,32 @@ def test_workflow_loads_queues_and_renders_in_the_frontend(page, server, path):
     run_in_frontend(page, server, path, quick_models(path), os.path.basename(path)[:-5])
 
 
+TEXT_PREVIEW = "$$node-text-preview"  # the frontend's widget for progress text (useNodeProgressText)
+
+
+def text_shown_on(page, node_type) -> list:
+    """The progress texts the frontend draws on the nodes of `node_type`."""
+    return page.evaluate(
+        """([type, name]) => window.app.graph.nodes.filter(n => n.type === type)
+            .flatMap(n => (n.widgets || []).filter(w => w.name === name).map(w => String(w.value)))""",
+        [node_type, TEXT_PREVIEW],
+    )
+
+
+def test_node_feedback_is_shown_on_the_nodes_in_the_frontend(page, server):
+    """What a node tells the user reaches the stock frontend: the caption on Caption Image, n* (and a
+    truncation note) on DNP Negative Prompt, the DNS cost on Auto-DNP."""
+    auto = os.path.join(PACK_DIR, "workflows", "dnp_auto.json")
+    run_in_frontend(page, server, auto, quick_models(auto), "feedback-dnp_auto")
+    (caption,) = text_shown_on(page, "DNPG_CaptionImage")
+    (report,) = text_shown_on(page, "DNPG_DNPNegativePrompt")
+    assert caption.strip() and report.startswith("n*: ") and len(report) > len("n*: ")
+    compare = os.path.join(PACK_DIR, "workflows", "dnp_auto_compare.json")
+    run_in_frontend(page, server, compare, quick_models(compare), "feedback-dnp_auto_compare")
+    (note,) = text_shown_on(page, "DNPG_AutoDNP")
+    assert note.startswith("n*: ") and "DNS run:" in note and "of the final generation" in note
+
+
 @pytest.mark.parametrize(
     "captioner", ["dnpg-tiny-florence2", "dnpg-tiny-qwen2.5-vl", "dnpg-tiny-qwen3-vl", "dnpg-tiny-smolvlm"]
 )
@@ -199,3 +226,55 @@ def test_auto_dnp_workflow_with_each_captioner_family_picked_in_the_frontend(pag
     entry = run_in_frontend(page, server, path, models, f"dnp_auto-{captioner}")
     notes = [text for output in entry["outputs"].values() for text in output.get("text", [])]
     assert any(note.startswith("n*: ") and len(note.splitlines()[0]) > len("n*: ") for note in notes), notes
+
+
+def test_template_browser_shows_every_workflow_with_its_thumbnail(page, server):
+    """Templates (Comfy.BrowseTemplates) > Extensions > the pack's folder name: one card per shipped
+    workflow, titled by its file name, whose image is the workflows/<name>.jpg the server serves."""
+    from test_templates import WORKFLOW_NAMES, WORKFLOWS, pack_folder_name
+
+    group = pack_folder_name()
+    expected = {f"/api/workflow_templates/{group}/{name}.jpg" for name in WORKFLOW_NAMES}
+    fetched = {}
+
+    def on_response(response):
+        path = response.url.split(server.base_url, 1)[-1]
+        if path in expected:
+            fetched[path] = response.status
+
+    page.on("response", on_response)
+    try:
+        page.evaluate("window.app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+        dialog = page.get_by_role("dialog").filter(has=page.get_by_text("Extensions", exact=False)).last
+        dialog.get_by_text(group, exact=True).first.click(timeout=30_000)
+        cards = dialog.locator('[data-testid^="template-workflow-"]')
+        page.wait_for_function(
+            "n => document.querySelectorAll('[role=dialog] [data-testid^=\"template-workflow-\"]').length === n",
+            arg=len(WORKFLOW_NAMES),
+            timeout=30_000,
+        )
+        titles = sorted(title.strip() for title in cards.locator("h3").all_text_contents())
+        assert titles == WORKFLOW_NAMES
+        for name in WORKFLOW_NAMES:
+            image = dialog.locator(f'[data-testid="template-workflow-{name}"] img').first
+            image.scroll_into_view_if_needed()
+            image.wait_for(state="visible", timeout=10_000)
+            page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
+            shown = image.evaluate(
+                """async img => {
+                    const bytes = await (await fetch(img.src)).arrayBuffer();
+                    const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes));
+                    return Array.from(digest, b => b.toString(16).padStart(2, '0')).join('');
+                }"""
+            )
+            thumbnail = os.path.join(WORKFLOWS, f"{name}.jpg")
+            assert os.path.isfile(thumbnail), f"{name}.json has no thumbnail: run scripts/build_thumbnails.py"
+            with open(thumbnail, "rb") as handle:
+                assert shown == hashlib.sha256(handle.read()).hexdigest(), f"{name}'s card shows another image"
+        os.makedirs(ARTIFACTS, exist_ok=True)
+        page.screenshot(path=os.path.join(ARTIFACTS, "browser-template-browser.png"))
+        assert fetched == dict.fromkeys(expected, 200)
+    finally:
+        page.remove_listener("response", on_response)
+        page.keyboard.press("Escape")
+        page.wait_for_timeout(500)

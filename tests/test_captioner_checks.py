@@ -35,7 +35,7 @@ def load_captioner(comfy, name):
 
 
 def load_clip(comfy, name):
-    return comfy.pack.nodes.loss_guidance.load_guidance_clip(name, "fp32")
+    return comfy.pack.nodes.guidance_clip.load_guidance_clip(name, "fp32")
 
 
 def drop_tokenizer(folder):

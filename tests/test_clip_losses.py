@@ -4,6 +4,7 @@ models/clip_guidance/, and a tiny ComfyUI CLIP vision model."""
 import json
 
 import comfy_api_helpers as helpers
+import comfy_inprocess
 import make_tiny_captioners
 import pytest
 import torch
@@ -13,7 +14,7 @@ TINY_CLIP = "dnpg-tiny-clip"
 
 @pytest.fixture(scope="module")
 def clip(comfy):
-    return comfy.pack.nodes.loss_guidance.GuidanceClipLoader().load(TINY_CLIP, "fp32")[0]
+    return comfy.pack.nodes.guidance_clip.GuidanceClipLoader().load(TINY_CLIP, "fp32")[0]
 
 
 def guide(comfy, model, losses, vae, scale=0.005):
@@ -21,12 +22,12 @@ def guide(comfy, model, losses, vae, scale=0.005):
     step (length eta ||eps|| / ||g||) at the node's default 0.05 ends 48x (text) / 6.6x (image) beyond the
     unguided result, which the divergence check refuses."""
     node = comfy.pack.nodes.loss_guidance.LossGuidance
-    settings = {**node.defaults(), "scale": scale, "augmentations": 2, "end": 1.0}
+    settings = {**comfy_inprocess.default_settings(node), "scale": scale, "augmentations": 2, "end": 1.0}
     return node().patch(model, losses, vae=vae, **settings)[0]
 
 
 def test_loader_lists_the_local_model_and_the_hub_models(comfy):
-    choices = comfy.pack.nodes.loss_guidance.clip_choices()
+    choices = comfy.pack.nodes.guidance_clip.clip_choices()
     assert TINY_CLIP in choices and "openai/clip-vit-base-patch32" in choices
 
 
@@ -47,7 +48,7 @@ def objective_of(model):
 def test_a_step_down_the_clip_text_gradient_lowers_the_clip_loss(comfy, tiny, clip):
     from guidance.loss_guidance import loss_gradient
 
-    losses = comfy.pack.nodes.loss_guidance.ClipTextLoss().build(clip, "a red fox in the snow", 1.0)[0]
+    losses = comfy.pack.nodes.loss_nodes.ClipTextLoss().build(clip, "a red fox in the snow", 1.0)[0]
     objective = objective_of(guide(comfy, tiny.model, losses, tiny.vae))
     x0 = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(5))
     grad, before = loss_gradient(objective, x0)
@@ -57,7 +58,7 @@ def test_a_step_down_the_clip_text_gradient_lowers_the_clip_loss(comfy, tiny, cl
 
 
 def test_clip_text_guided_sampling_runs_and_changes_the_image(comfy, tiny, clip):
-    losses = comfy.pack.nodes.loss_guidance.ClipTextLoss().build(clip, "a red fox in the snow", 1.0)[0]
+    losses = comfy.pack.nodes.loss_nodes.ClipTextLoss().build(clip, "a red fox in the snow", 1.0)[0]
     with torch.inference_mode():  # as ComfyUI's executor runs nodes
         guided = helpers.ksample(comfy, tiny, guide(comfy, tiny.model, losses, tiny.vae), steps=3)
         plain = helpers.ksample(comfy, tiny, tiny.model, steps=3)
@@ -66,7 +67,7 @@ def test_clip_text_guided_sampling_runs_and_changes_the_image(comfy, tiny, clip)
 
 def test_empty_text_is_refused(comfy, clip):
     with pytest.raises(ValueError, match="text is empty"):
-        comfy.pack.nodes.loss_guidance.ClipTextLoss().build(clip, "  ", 1.0)
+        comfy.pack.nodes.loss_nodes.ClipTextLoss().build(clip, "  ", 1.0)
 
 
 def tiny_clip_vision(tmp_path):
@@ -95,7 +96,7 @@ def test_differentiable_clip_vision_forward_matches_comfyui(comfy, tmp_path):
     pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(6)).to(vision.dtype)
     with torch.inference_mode():
         expected = vision.model(pixel_values=pixels.clone(), intermediate_output=-2)[2]
-    project = comfy.pack.nodes.loss_guidance.comfy_clip_vision_projection
+    project = comfy.pack.nodes.clip_vision_grad.comfy_clip_vision_projection
     ours = comfy.pack.nodes.differentiable.call_differentiably(vision.model, lambda p: project(vision.model, p), pixels)
     assert torch.allclose(ours.float(), expected.float(), atol=1e-3)
 
@@ -104,7 +105,7 @@ def test_clip_image_loss_with_comfyui_clip_vision_guides(comfy, tiny, tmp_path):
     vision = tiny_clip_vision(tmp_path)
     assert all(p.is_inference() for p in vision.model.parameters())
     reference = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(3))
-    losses = comfy.pack.nodes.loss_guidance.ClipImageLoss().build(reference, 1.0, clip_vision=vision)[0]
+    losses = comfy.pack.nodes.loss_nodes.ClipImageLoss().build(reference, 1.0, clip_vision=vision)[0]
     with torch.inference_mode():
         guided = helpers.ksample(comfy, tiny, guide(comfy, tiny.model, losses, tiny.vae), steps=3)
         plain = helpers.ksample(comfy, tiny, tiny.model, steps=3)
@@ -113,7 +114,7 @@ def test_clip_image_loss_with_comfyui_clip_vision_guides(comfy, tiny, tmp_path):
 
 def test_clip_image_loss_with_guidance_clip_runs(comfy, tiny, clip):
     reference = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(4))
-    losses = comfy.pack.nodes.loss_guidance.ClipImageLoss().build(reference, 1.0, guidance_clip=clip)[0]
+    losses = comfy.pack.nodes.loss_nodes.ClipImageLoss().build(reference, 1.0, guidance_clip=clip)[0]
     guided = helpers.ksample(comfy, tiny, guide(comfy, tiny.model, losses, tiny.vae), steps=3)
     assert torch.isfinite(guided).all() and not torch.allclose(
         guided, helpers.ksample(comfy, tiny, tiny.model, steps=3)
@@ -121,7 +122,7 @@ def test_clip_image_loss_with_guidance_clip_runs(comfy, tiny, clip):
 
 
 def test_clip_image_loss_needs_exactly_one_model(comfy, clip, tmp_path):
-    node = comfy.pack.nodes.loss_guidance.ClipImageLoss()
+    node = comfy.pack.nodes.loss_nodes.ClipImageLoss()
     with pytest.raises(ValueError, match="exactly one of guidance_clip and clip_vision"):
         node.build(torch.rand(1, 32, 32, 3), 1.0)
     with pytest.raises(ValueError, match="exactly one"):
@@ -130,7 +131,7 @@ def test_clip_image_loss_needs_exactly_one_model(comfy, clip, tmp_path):
 
 def test_missing_clip_offline_names_the_folder_and_files(comfy, no_network):
     with pytest.raises(FileNotFoundError) as error:
-        comfy.pack.nodes.loss_guidance.GuidanceClipLoader().load("openai/clip-vit-base-patch32", "auto")
+        comfy.pack.nodes.guidance_clip.GuidanceClipLoader().load("openai/clip-vit-base-patch32", "auto")
     message = str(error.value)
     assert "offline" in message and "clip_guidance" in message and "model.safetensors" in message
 
@@ -141,4 +142,4 @@ def test_a_folder_that_is_not_clip_is_refused(comfy, tmp_path):
     (root / "not-clip" / "config.json").write_text(json.dumps({"model_type": "blip"}))
     comfy.folder_paths.add_model_folder_path("clip_guidance", str(root))
     with pytest.raises(ValueError, match="'blip' model; the loader needs a CLIP model"):
-        comfy.pack.nodes.loss_guidance.GuidanceClipLoader().load("not-clip", "auto")
+        comfy.pack.nodes.guidance_clip.GuidanceClipLoader().load("not-clip", "auto")

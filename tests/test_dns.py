@@ -4,15 +4,25 @@ import comfy_api_helpers as helpers
 import pytest
 import torch
 
-from guidance.dns import dns_terms, dns_x0
+from guidance.dns import dns_terms
 from guidance.stack import GuidanceStack, GuidanceState, apply_stack
 
 S0 = 7.0
 
 
-def test_dns_is_cfg_with_the_prompts_swapped():
+def dns_x0(cond_p, uncond_empty, scale):
+    """(DNS) in x0 space, written out: D_p + s (D_empty - D_p); equal to CFG with the prompts swapped."""
+    return cond_p + (uncond_empty - cond_p) * scale
+
+
+def test_the_dns_formula_is_cfg_with_the_prompts_swapped():
+    """The reference the stack test below checks against: CFG with p as the negative, empty as the positive."""
     cond_p, uncond_empty = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
-    assert torch.equal(dns_x0(cond_p, uncond_empty, S0), cond_p + (uncond_empty - cond_p) * S0)
+
+    def cfg(cond, uncond, scale):
+        return uncond + (cond - uncond) * scale
+
+    assert torch.allclose(dns_x0(cond_p, uncond_empty, S0), cfg(cond=uncond_empty, uncond=cond_p, scale=S0))
 
 
 def test_dns_term_swaps_direction_on_the_stack():

@@ -3,6 +3,7 @@
 EDM sigma, guidance-distilled models at cfg 1, video latents, loss guidance and a composition of every
 method over two chained passes."""
 
+import comfy_inprocess
 import pytest
 import torch
 from comfy_api_helpers import widget_defaults
@@ -187,12 +188,18 @@ def test_video_latents_work_with_dns_and_schedules(comfy, dits, frames):
 
 
 def colour_loss(comfy, colour="#FF2000"):
-    return comfy.pack.nodes.loss_guidance.ColourTargetLoss().build(colour, 1.0)[0]
+    return comfy.pack.nodes.loss_nodes.ColourTargetLoss().build(colour, 1.0)[0]
 
 
 def guide(comfy, model, losses, **changes):
     node = comfy.pack.nodes.loss_guidance.LossGuidance
-    settings = {**node.defaults(), "augmentations": 0, "decoder": "latent preview", "end": 1.0, **changes}
+    settings = {
+        **comfy_inprocess.default_settings(node),
+        "augmentations": 0,
+        "decoder": "latent preview",
+        "end": 1.0,
+        **changes,
+    }
     return node().patch(model, losses, **settings)[0]
 
 

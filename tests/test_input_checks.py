@@ -45,6 +45,11 @@ def default_of(spec):
     return options.get("default", "" if kind == "STRING" else 0)
 
 
+def float_inputs(comfy, cls) -> list:
+    """Names of the node's FLOAT widgets (each must be checked by its VALIDATE_INPUTS)."""
+    return [name for name, spec in specs_of(comfy, cls).items() if spec[0] == "FLOAT"]
+
+
 def widget_defaults(comfy, cls) -> dict:
     return {name: default_of(spec) for name, spec in specs_of(comfy, cls).items() if is_widget(spec)}
 
@@ -133,7 +138,8 @@ def test_every_bad_widget_value_is_refused_naming_the_input(registered):
                     unrefused.append(f"{node_id}.{name} = {value!r}: expected {accepted}, got {errors}")
     assert not unrefused, "\n".join(unrefused)
     assert {kind for _, kind in checked} == {"FLOAT", "INT", "COMBO"}
-    assert {node_id for node_id, _ in checked} == set(pack_nodes(registered)) - {"DNPG_DNSConditioning"}
+    without_widgets = {"DNPG_DNSConditioning", "DNPG_PerImageConditioning"}  # conditioning inputs only
+    assert {node_id for node_id, _ in checked} == set(pack_nodes(registered)) - without_widgets
 
 
 def test_nan_passes_comfyui_own_min_max_checks(registered):
@@ -149,9 +155,8 @@ def test_every_float_is_taken_by_validate_inputs(comfy):
     """ComfyUI skips its own checks for exactly these inputs, so verdict must cover them all."""
     import inspect
 
-    validation = comfy.pack.nodes.validation
     for node_id, cls in pack_nodes(comfy).items():
-        floats = set(validation.float_inputs(cls))
+        floats = set(float_inputs(comfy, cls))
         taken = set(inspect.getfullargspec(cls.VALIDATE_INPUTS).args) if hasattr(cls, "VALIDATE_INPUTS") else set()
         assert floats <= taken, f"{node_id}: VALIDATE_INPUTS does not take {sorted(floats - taken)}"
 
@@ -160,7 +165,7 @@ def test_every_node_refuses_a_non_finite_linked_float_when_it_runs(comfy):
     """A linked input is None in VALIDATE_INPUTS; its value is first known in the node's function."""
     wrong, checked = [], set()
     for node_id, cls in pack_nodes(comfy).items():
-        for name in comfy.pack.nodes.validation.float_inputs(cls):
+        for name in float_inputs(comfy, cls):
             for value in (NAN, INF):
                 checked.add(node_id)
                 expected = f"{name} = {value}: must be a finite number"

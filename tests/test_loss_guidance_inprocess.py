@@ -3,6 +3,7 @@
 import gc
 
 import comfy_api_helpers as helpers
+import comfy_inprocess
 import pytest
 import torch
 
@@ -14,13 +15,23 @@ def nodes(comfy):
     return comfy.pack.nodes.loss_guidance
 
 
+def loss_nodes(comfy):
+    return comfy.pack.nodes.loss_nodes
+
+
 def red_loss(comfy, mask=None):
-    return nodes(comfy).ColourTargetLoss().build("#FF0000", 1.0, mask=mask)[0]
+    return loss_nodes(comfy).ColourTargetLoss().build("#FF0000", 1.0, mask=mask)[0]
 
 
 def guide(comfy, model, losses, scale=0.03, rule="polyak", **options):
     node = nodes(comfy).LossGuidance
-    settings = {**node.defaults(), "decoder": "latent preview", "augmentations": 0, "end": 1.0, **options}
+    settings = {
+        **comfy_inprocess.default_settings(node),
+        "decoder": "latent preview",
+        "augmentations": 0,
+        "end": 1.0,
+        **options,
+    }
     settings.update(scale=scale, step_rule=rule)
     return node().patch(model, losses, **settings)[0]
 
@@ -156,7 +167,7 @@ def test_stacks_with_schedule_scfg_and_dns(comfy, tiny, empty):
 def test_vae_decoder_and_reference_losses_run(comfy, tiny, plain):
     reference = torch.zeros(1, 128, 128, 3)
     reference[..., 0] = 1.0
-    lg = nodes(comfy)
+    lg = loss_nodes(comfy)
     losses = lg.ReferenceImageLoss().build(reference, "pixel", 1.0)[0]
     losses = lg.ReferenceImageLoss().build(reference, "latent", 0.5, add_to=losses, vae=tiny.vae)[0]
     losses = lg.BrightnessTargetLoss().build(0.8, 0.5, add_to=losses)[0]
@@ -213,12 +224,12 @@ def test_strong_but_sane_guidance_is_not_called_divergent(comfy, tiny, plain):
 
 
 def test_defaults_are_the_node_inputs_defaults(comfy):
-    defaults = nodes(comfy).LossGuidance.defaults()
+    defaults = comfy_inprocess.default_settings(nodes(comfy).LossGuidance)
     assert defaults["step_rule"] == "polyak" and defaults["gradient"] == "x0 estimate"
     assert defaults["augmentations"] == 10 and defaults["time_travel_repeats"] == 1 and defaults["end"] == 0.8
 
 
 def test_hex_colour_is_parsed_and_bad_colours_are_refused(comfy):
-    assert nodes(comfy).parse_hex_colour("#FF8000") == (1.0, 128 / 255, 0.0)
+    assert loss_nodes(comfy).parse_hex_colour("#FF8000") == (1.0, 128 / 255, 0.0)
     with pytest.raises(ValueError, match="hex colour like #FF8800"):
-        nodes(comfy).parse_hex_colour("orange")
+        loss_nodes(comfy).parse_hex_colour("orange")

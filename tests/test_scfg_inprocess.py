@@ -107,8 +107,9 @@ def test_sdxl_unet_samples_with_scfg(comfy):
     import tiny_models
 
     model, positive, negative = tiny_models.sdxl()
-    layers = comfy.pack.nodes.scfg.select_layers(
-        comfy.pack.nodes.scfg.attention_layers(model.get_model_object("diffusion_model")), "auto (1/4 + 1/8)"
+    layers = comfy.pack.nodes.attention_capture.select_layers(
+        comfy.pack.nodes.attention_capture.attention_layers(model.get_model_object("diffusion_model")),
+        "auto (1/4 + 1/8)",
     )
     assert {ratio for *_, ratio in layers} == {4}
 
@@ -189,6 +190,6 @@ def test_token_labels_follow_the_clip_tokenizer(comfy, tiny):
 
 
 def test_map_size_without_activations_shape_follows_the_downsampling(comfy):
-    map_size = comfy.pack.nodes.scfg.map_size
+    map_size = comfy.pack.nodes.attention_capture.map_size
     assert map_size({"activations_shape": [2, 320, 12, 9]}, 4) == (12, 9)
     assert map_size({"original_shape": [2, 4, 45, 30]}, 4) == (12, 8)  # 45 -> 23 -> 12, 30 -> 15 -> 8

@@ -7,6 +7,7 @@ default progress source (timestep) every step sees the tau of the unsplit run.
 """
 
 import comfy_api_helpers as helpers
+import comfy_inprocess
 import pytest
 import torch
 
@@ -65,8 +66,13 @@ def dns(comfy, model):
 
 def loss_guidance(comfy, model):
     nodes = comfy.pack.nodes.loss_guidance
-    red = nodes.ColourTargetLoss().build("#FF0000", 1.0)[0]
-    settings = {**nodes.LossGuidance.defaults(), "decoder": "latent preview", "augmentations": 2, "scale": 0.03}
+    red = comfy.pack.nodes.loss_nodes.ColourTargetLoss().build("#FF0000", 1.0)[0]
+    settings = {
+        **comfy_inprocess.default_settings(nodes.LossGuidance),
+        "decoder": "latent preview",
+        "augmentations": 2,
+        "scale": 0.03,
+    }
     settings.update(time_travel_repeats=2, time_travel_start=0.2, time_travel_end=0.7)
     return nodes.LossGuidance().patch(model, red, **settings)[0]
 

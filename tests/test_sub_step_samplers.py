@@ -3,6 +3,7 @@ every evaluation gets the step it is really in, so time travel runs once per ste
 evaluation lands on its own step's next sigma."""
 
 import comfy_api_helpers as helpers
+import comfy_inprocess
 import pytest
 import torch
 
@@ -42,8 +43,13 @@ def spy_term(comfy, records: list):
 
 def travelling_model(comfy, tiny, records: list, calls: list):
     nodes = comfy.pack.nodes.loss_guidance
-    red = nodes.ColourTargetLoss().build("#FF0000", 1.0)[0]
-    settings = {**nodes.LossGuidance.defaults(), "decoder": "latent preview", "augmentations": 0, "scale": 0.01}
+    red = comfy.pack.nodes.loss_nodes.ColourTargetLoss().build("#FF0000", 1.0)[0]
+    settings = {
+        **comfy_inprocess.default_settings(nodes.LossGuidance),
+        "decoder": "latent preview",
+        "augmentations": 0,
+        "scale": 0.01,
+    }
     settings.update(start=0.0, end=1.0)
     settings.update(time_travel_repeats=REPEATS, time_travel_start=0.0, time_travel_end=1.0)
     model = nodes.LossGuidance().patch(tiny.model, red, **settings)[0]

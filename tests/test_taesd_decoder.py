@@ -6,6 +6,7 @@ decoding the raw latent, and ComfyUI's model management's list of loaded models.
 
 import os
 
+import comfy_inprocess
 import make_tiny_taesd
 import pytest
 import torch
@@ -69,13 +70,24 @@ def lg(comfy):
     return comfy.pack.nodes.loss_guidance
 
 
+def loss_nodes(comfy):
+    return comfy.pack.nodes.loss_nodes
+
+
 def red_loss(comfy):
-    return lg(comfy).ColourTargetLoss().build("#FF0000", 1.0)[0]
+    return loss_nodes(comfy).ColourTargetLoss().build("#FF0000", 1.0)[0]
 
 
 def guide(comfy, model, losses, scale=0.003, **options):
     node = lg(comfy).LossGuidance
-    settings = {**node.defaults(), "decoder": "taesd", "augmentations": 0, "end": 1.0, "scale": scale, **options}
+    settings = {
+        **comfy_inprocess.default_settings(node),
+        "decoder": "taesd",
+        "augmentations": 0,
+        "end": 1.0,
+        "scale": scale,
+        **options,
+    }
     return node().patch(model, losses, **settings)[0]
 
 
@@ -203,6 +215,6 @@ def test_families_with_only_a_video_tiny_decoder_are_refused_naming_the_alternat
 
 def test_latent_losses_need_no_taesd_file(comfy, vae_approx, models, tiny):
     grey = torch.full((1, 128, 128, 3), 0.5)
-    losses = lg(comfy).ReferenceImageLoss().build(grey, "latent", 1.0, vae=tiny.vae)[0]
+    losses = loss_nodes(comfy).ReferenceImageLoss().build(grey, "latent", 1.0, vae=tiny.vae)[0]
     guided = sample(comfy, models("sd15"), guide(comfy, tiny.model, losses), steps=2)
     assert torch.isfinite(guided).all()
