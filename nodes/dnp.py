@@ -305,7 +305,7 @@ class AutoDNP:
             raise ValueError("Auto-DNP: the prompt is empty. DNS needs a prompt p to steer away from.")
         dns_steps = dns_steps or steps
         side_w, side_h = (dns_size, dns_size) if dns_size else (width, height)
-        latent = {"samples": torch.zeros(batch_size, 4, side_h // 8, side_w // 8)}
+        latent = {"samples": empty_latent(model, batch_size, side_w, side_h)}
         positive, empty = encode(clip, prompt), encode(clip, "")
         dns_latent = comfy_nodes.common_ksampler(
             patch_dns(model, 0.0), seed, dns_steps, cfg, sampler_name, scheduler, positive, empty, latent
@@ -320,6 +320,16 @@ class AutoDNP:
         )
         feedback.show(note)
         return {"ui": {"text": [note]}, "result": (positive, negative, "\n".join(texts), dns_image)}
+
+
+def empty_latent(model, batch_size: int, width: int, height: int) -> torch.Tensor:
+    """The empty latent of the model's own format, as its Empty Latent node makes it: 4 channels for
+    SD1.x / SDXL, 16 for SD3 / Flux / Chroma, ..., a single frame for video formats."""
+    latent_format = model.get_model_object("latent_format")
+    ratio = getattr(latent_format, "spacial_downscale_ratio", 8)
+    size = (height // ratio, width // ratio)
+    frames = (1,) if getattr(latent_format, "latent_dimensions", 2) == 3 else ()
+    return torch.zeros(batch_size, latent_format.latent_channels, *frames, *size)
 
 
 def require_captions(captions: list, captioner) -> list:

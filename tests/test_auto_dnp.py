@@ -155,3 +155,30 @@ def test_per_image_conditioning_node_stacks_a_list_and_names_itself_on_failure(c
     assert stacked[0][0].shape == (2, 77, 768) and torch.equal(stacked[0][0][1:], items[1][0][0])
     with pytest.raises(ValueError, match="Per-Image Conditioning: the conditionings cannot be batched"):
         node.stack([items[0], [[torch.ones(1, 77 * 5, 768), {}]]])
+
+
+def test_auto_dnp_on_a_flow_model_draws_its_dns_image_in_the_models_own_latents(comfy, tiny_blip):
+    """SD3.5 (16-channel latents, flow sampling): the DNS run uses the model's latent format, and the DNS
+    image is the decode of the same run by hand (DNS Guidance + KSampler on an EmptySD3LatentImage)."""
+    from comfy_inprocess import TINY_SD35
+
+    model, clip, vae = comfy.nodes.CheckpointLoaderSimple().load_checkpoint(
+        TINY_SD35["CheckpointLoaderSimple", "ckpt_name"]
+    )[:3]
+    captioner = tiny_blip
+    assert model.get_model_object("latent_format").latent_channels == 16
+    prompt = "a photo of a red fox in the snow"
+    result = comfy.pack.nodes.dnp.AutoDNP().run(
+        model, clip, vae, captioner, prompt, "", "append", 3, 3, 4.5, "euler", "simple", 64, 64, 0, 0
+    )
+    _, _, text, image = result["result"]
+    assert image.shape == (1, 64, 64, 3) and text
+    empty_sd3 = torch.zeros(1, 16, 8, 8)  # what EmptySD3LatentImage gives for 64 x 64
+    encode = comfy.nodes.CLIPTextEncode().encode
+    dns = comfy.pack.nodes.dns.DNSGuidance().patch(model, 0.0)[0]
+    with torch.inference_mode():
+        by_hand = comfy.nodes.common_ksampler(
+            dns, 3, 3, 4.5, "euler", "simple", encode(clip, prompt)[0], encode(clip, "")[0], {"samples": empty_sd3}
+        )[0]
+        decoded = comfy.nodes.VAEDecode().decode(vae, by_hand)[0]
+    assert torch.allclose(image, decoded, atol=1e-5)
