@@ -27,6 +27,7 @@ CHAT_INSTRUCTION = (
     "List the main objects in this image with their colours and other visible attributes, as one short "
     "comma-separated phrase. No sentence, no introduction."
 )
+CHAT_QUESTION_USE = "the instruction (empty: the pack's short objects-and-attributes instruction)"
 FLORENCE_TASKS = ("<CAPTION>", "<DETAILED_CAPTION>", "<MORE_DETAILED_CAPTION>")
 
 
@@ -87,7 +88,7 @@ FAMILIES = {
             "4.36.0",
             ("llava-hf/llava-1.5-7b-hf",),
             CHAT,
-            "the instruction (empty: the pack's short objects-and-attributes instruction)",
+            CHAT_QUESTION_USE,
         ),
         Family(
             "llava_next",
@@ -97,7 +98,7 @@ FAMILIES = {
             "4.39.0",
             ("llava-hf/llava-v1.6-mistral-7b-hf",),
             CHAT,
-            "the instruction (empty: the pack's short objects-and-attributes instruction)",
+            CHAT_QUESTION_USE,
         ),
         Family(
             "qwen2_5_vl",
@@ -107,7 +108,7 @@ FAMILIES = {
             "4.49.0",
             ("Qwen/Qwen2.5-VL-3B-Instruct",),
             CHAT,
-            "the instruction (empty: the pack's short objects-and-attributes instruction)",
+            CHAT_QUESTION_USE,
             nested_images=True,
         ),
         Family(
@@ -118,7 +119,7 @@ FAMILIES = {
             "4.57.0",
             ("Qwen/Qwen3-VL-2B-Instruct", "Qwen/Qwen3-VL-4B-Instruct"),
             CHAT,
-            "the instruction (empty: the pack's short objects-and-attributes instruction)",
+            CHAT_QUESTION_USE,
             nested_images=True,
         ),
         Family(
@@ -129,7 +130,7 @@ FAMILIES = {
             "4.50.0",
             ("HuggingFaceTB/SmolVLM2-256M-Video-Instruct", "HuggingFaceTB/SmolVLM2-500M-Video-Instruct"),
             CHAT,
-            "the instruction (empty: the pack's short objects-and-attributes instruction)",
+            CHAT_QUESTION_USE,
             nested_images=True,
             packages=("num2words",),
         ),

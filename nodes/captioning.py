@@ -9,7 +9,6 @@ dtype follow ComfyUI's model management: the model is loaded on demand and unloa
 unless asked to stay.
 """
 
-import logging
 import os
 from dataclasses import dataclass
 
@@ -20,8 +19,6 @@ import torch
 from PIL import Image
 
 from . import captioner_families, model_checks, model_files
-
-log = logging.getLogger("dnp_guidance")
 
 FOLDER = "captioners"
 DEFAULT_QUESTION = ""  # empty: each family's own default (captioner_families.prompt)

@@ -49,6 +49,12 @@ VISION = dict(
 )
 
 
+# The decoder-only language models' size (LLaVA's Llama, Qwen-VL's Qwen, SmolVLM2's Llama).
+TINY_DECODER = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2
+)
+
+
 def word_tokenizer(specials: list, **tokens) -> PreTrainedTokenizerFast:
     """A word-level fast tokenizer over WORDS with the given special tokens first (`tokens`: the
     tokenizer's bos/eos/pad/... names and extra_special_tokens, replacing the <s> </s> <pad> defaults)."""
@@ -176,11 +182,7 @@ def llava_parts(max_positions: int) -> tuple:
         text_config=dict(
             model_type="llama",
             vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
+            **TINY_DECODER,
             max_position_embeddings=max_positions,
             bos_token_id=2,
             eos_token_id=3,
@@ -317,11 +319,7 @@ def build_qwen_vl(out: str, version: str) -> None:
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_SPECIALS}
     text = dict(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
+        **TINY_DECODER,
         max_position_embeddings=512,
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
@@ -402,11 +400,7 @@ def build_smolvlm(out: str) -> None:
     text = dict(
         model_type="llama",
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
+        **TINY_DECODER,
         max_position_embeddings=256,
         bos_token_id=ids["<|im_start|>"],
         eos_token_id=ids["<end_of_utterance>"],
